@@ -174,16 +174,20 @@ class Projector:
         name = "x" if mode == "forward" else "y"
         expected = self.shape_in if mode == "forward" else self.shape_out
         if isinstance(data, np.ndarray):
-            tensor = torch.from_numpy(np.ascontiguousarray(data)) if data.dtype in (np.float32, np.float64) else None
-            _check_array(name, data, tensor, expected, self.check_finite)
-            backends.resolve(self.backend, tensor.device)
+            _check_array(name, data, expected)
+            tensor = torch.from_numpy(np.ascontiguousarray(data))
+        elif isinstance(data, torch.Tensor):
+            _check_array(name, data, expected)
+            tensor = data
+        else:
+            raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(data).__name__}")
+        backends.resolve(self.backend, tensor.device)
+        if self.check_finite:
+            _check_finite(name, tensor)
+        if isinstance(data, np.ndarray):
             with torch.no_grad():
                 return self._run(tensor, mode).numpy()
-        if isinstance(data, torch.Tensor):
-            _check_array(name, data, data, expected, self.check_finite)
-            backends.resolve(self.backend, data.device)
-            return _Project.apply(data, self, mode)
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(data).__name__}")
+        return _Project.apply(tensor, self, mode)
 
     def _plan(self, device: torch.device):
         module = backends.resolve(self.backend, device)
@@ -209,8 +213,8 @@ class Projector:
         return out.reshape(batch + tuple(out_core))
 
 
-def _check_array(name: str, data, tensor, expected: tuple, check_finite: bool) -> None:
-    """Validate dtype, shape and values of a projector input before any work."""
+def _check_array(name: str, data, expected: tuple) -> None:
+    """Validate the dtype and shape of a projector input before any work."""
     if isinstance(data, np.ndarray):
         if data.dtype not in (np.float32, np.float64):
             raise TypeError(f"{name} must have dtype float32 or float64, got {data.dtype} "
@@ -222,11 +226,13 @@ def _check_array(name: str, data, tensor, expected: tuple, check_finite: bool) -
     n = len(expected)
     if len(shape) < n or shape[len(shape) - n:] != tuple(expected):
         raise ValueError(f"{name} must have shape (..., {', '.join(map(str, expected))}), got {shape}")
-    if check_finite:
-        finite = torch.isfinite(tensor)
-        if not bool(finite.all()):
-            bad = int((~finite).sum())
-            raise ValueError(f"{name} contains {bad} non-finite values (NaN or inf)")
+
+
+def _check_finite(name: str, tensor: torch.Tensor) -> None:
+    """Reject NaN and inf (one pass over the data)."""
+    finite = torch.isfinite(tensor)
+    if not bool(finite.all()):
+        raise ValueError(f"{name} contains {int((~finite).sum())} non-finite values (NaN or inf)")
 
 
 def _check_parallel_beam_covers(grid: ImageGrid, geometry: ParallelBeam2D) -> None:

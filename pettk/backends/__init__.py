@@ -17,6 +17,7 @@ backend module exposes ``name``, ``supports(device)`` and a plan class.
 
 from __future__ import annotations
 
+import functools
 import importlib
 import warnings
 
@@ -31,6 +32,7 @@ def _module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
+@functools.lru_cache(maxsize=None)
 def cuda_available() -> bool:
     """True when the CuPy CUDA backend can be imported."""
     try:
@@ -65,8 +67,9 @@ def resolve(backend: str, device: torch.device):
             warnings.warn("CuPy is not importable: projecting CUDA tensors with the plain torch "
                           "'reference' backend, which is much slower (pip install 'pettk[gpu]')",
                           RuntimeWarning, stacklevel=3)
-        return _module("reference")
-    module = _module(backend)
+        module = _module("reference")
+    else:
+        module = _module(backend)
     if not module.supports(device):
         raise ValueError(f"backend {backend!r} cannot run tensors on device {device}; "
                          f"move the tensor or use backend='auto'")

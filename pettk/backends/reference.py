@@ -21,8 +21,8 @@ CHUNK_SAMPLES = 1 << 20
 
 
 def supports(device: torch.device) -> bool:
-    """Any torch device."""
-    return True
+    """Any torch device that holds data (not ``meta``)."""
+    return device.type != "meta"
 
 
 class ReferencePlan:
