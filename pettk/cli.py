@@ -35,7 +35,7 @@ def _demo(args: argparse.Namespace) -> int:
     projector = Projector(grid, geometry)
     image = shepp_logan_2d(grid).astype(np.float32)
 
-    projector.forward(image)  # first call compiles (or loads) the numba kernels
+    projector.adjoint(projector.forward(image))  # first calls compile (or load) the numba kernels
     start = time.perf_counter()
     sinogram = projector.forward(image)
     t_forward = time.perf_counter() - start

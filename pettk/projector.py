@@ -139,9 +139,12 @@ class Projector:
         n = as_positive_int("n", n)
         if n > n_units:
             raise ValueError(f"n must be <= the number of views ({n_units}), got {n}")
-        mine = self._view_indices()
-        return [Projector(self.grid, self.geometry, self.backend, views=mine[i::n],
-                          check_finite=self.check_finite) for i in range(n)]
+        if self.views is None:  # strided slices keep select() a view, not a copy
+            parts = [slice(i, None, n) for i in range(n)]
+        else:
+            parts = [self._view_indices()[i::n] for i in range(n)]
+        return [Projector(self.grid, self.geometry, self.backend, views=part, check_finite=self.check_finite)
+                for part in parts]
 
     def select(self, y_full):
         """The part of a full measurement array ``(..., *geometry.shape)`` this projector sees."""
@@ -152,10 +155,12 @@ class Projector:
         if self.views is None:
             return y_full
         axis = len(shape) - len(full) + self.geometry.view_axis
-        index = (slice(None),) * axis + (self._view_indices() if not isinstance(self.views, slice) else self.views,)
-        if isinstance(y_full, torch.Tensor) and not isinstance(self.views, slice):
-            return y_full.index_select(axis, torch.as_tensor(self._view_indices(), device=y_full.device))
-        return y_full[index]
+        if isinstance(self.views, slice):
+            return y_full[(slice(None),) * axis + (self.views,)]
+        index = self._view_indices()
+        if isinstance(y_full, torch.Tensor):
+            return y_full.index_select(axis, torch.as_tensor(index, device=y_full.device))
+        return np.take(y_full, index, axis=axis)
 
     def __repr__(self) -> str:
         return (f"Projector(grid={self.grid!r}, geometry={self.geometry!r}, backend={self.backend!r}, "
