@@ -8,7 +8,7 @@ is done, so a bad call never leaves half-written state behind.
 from __future__ import annotations
 
 import numbers
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 

@@ -27,8 +27,8 @@ arrays ``(nx, ny[, nz])``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 
@@ -144,7 +144,7 @@ class ImageGrid:
         return aff
 
     @classmethod
-    def from_affine(cls, shape: Sequence[int], affine) -> "ImageGrid":
+    def from_affine(cls, shape: Sequence[int], affine) -> ImageGrid:
         """Build a grid from a shape and an axis-aligned 4×4 affine (the inverse of :attr:`affine`)."""
         shape = as_shape("shape", shape)
         aff = np.asarray(affine, dtype=np.float64)

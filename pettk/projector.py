@@ -129,7 +129,7 @@ class Projector:
         """Back projection of ``y`` (``(..., *shape_out)``): ``(..., *shape_in)``."""
         return self._apply(y, "adjoint")
 
-    def subsets(self, n: int) -> list["Projector"]:
+    def subsets(self, n: int) -> list[Projector]:
         """Split the views (list mode: the events) into ``n`` interleaved subsets.
 
         Subset ``i`` holds views ``i, i + n, i + 2n, ...`` of this projector. Use

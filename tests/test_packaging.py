@@ -3,9 +3,8 @@
 import shutil
 import subprocess
 
-import pytest
-
 import pettk.kernels as kernels
+import pytest
 
 
 def test_kernels_are_shipped():

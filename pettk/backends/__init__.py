@@ -32,7 +32,7 @@ def _module(name: str):
     return importlib.import_module(f"{__name__}.{name}")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def cuda_available() -> bool:
     """True when the CuPy CUDA backend can be imported."""
     try:
