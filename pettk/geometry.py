@@ -11,6 +11,7 @@ This module owns the *geometry* layer of pettk (see ``DESIGN.md``):
 * :class:`ParallelBeam2D` -- 2D parallel-beam sinograms ``(n_views, n_radial)``, what most
   published diffusion papers use.
 * :class:`LORList` -- an arbitrary list of LORs (list mode), shape ``(n_lors,)``.
+* :class:`TOFParams` -- time-of-flight resolution and bins along each LOR.
 * :func:`preset` -- named scanner/layout/grid combinations (``"bench-36ring"``, ``"mmr-like"``,
   ``"tiny"``).
 
@@ -48,6 +49,8 @@ __all__ = [
     "ParallelBeam2D",
     "LORList",
     "LORTables",
+    "TOFParams",
+    "SPEED_OF_LIGHT_MM_PER_PS",
     "Preset",
     "preset",
     "PRESET_NAMES",
@@ -176,6 +179,92 @@ class ImageGrid:
 
 
 # --------------------------------------------------------------------------------------------
+# Time of flight
+# --------------------------------------------------------------------------------------------
+#: Speed of light in mm per picosecond.
+SPEED_OF_LIGHT_MM_PER_PS = 0.299792458
+
+
+class TOFParams:
+    """Time-of-flight resolution and binning along every LOR.
+
+    Parameters
+    ----------
+    fwhm_ps, fwhm_mm : float
+        The coincidence timing resolution, either as a time FWHM in ps or directly as the spatial
+        FWHM along the LOR in mm (``fwhm_mm = fwhm_ps * c / 2``). Give exactly one.
+    n_bins : int
+        Number of TOF bins.
+    bin_width_mm : float
+        Width of each TOF bin along the LOR, mm.
+    n_sigmas : float
+        Truncation of the Gaussian TOF kernel: a sample at position ``t`` contributes to the bins
+        from the one containing ``t - n_sigmas * sigma`` to the one containing
+        ``t + n_sigmas * sigma``.
+
+    Notes
+    -----
+    Positions ``t`` are signed distances (mm) from the LOR's midpoint, positive towards its end
+    point. The bins are centred on the midpoint: bin ``b`` spans
+    ``[edge0 + b * w, edge0 + (b + 1) * w]`` with ``edge0 = -n_bins * w / 2``. A sample at ``t``
+    adds to bin ``b`` the integral of the normalised Gaussian ``N(t, sigma^2)`` over that bin
+    (a difference of two ``erf``), so the weights over all bins sum to ``erf(n_sigmas/sqrt 2)`` or
+    more (0.9973 for 3 sigmas) when the bins cover ``t +- n_sigmas * sigma``.
+    """
+
+    __slots__ = ("fwhm_mm", "n_bins", "bin_width_mm", "n_sigmas")
+
+    def __init__(self, *, fwhm_ps: float | None = None, fwhm_mm: float | None = None, n_bins: int,
+                 bin_width_mm: float, n_sigmas: float = 3.0):
+        if (fwhm_ps is None) == (fwhm_mm is None):
+            raise ValueError(f"give exactly one of fwhm_ps and fwhm_mm, got fwhm_ps={fwhm_ps!r}, fwhm_mm={fwhm_mm!r}")
+        if fwhm_ps is not None:
+            fwhm_mm = as_positive_float("fwhm_ps", fwhm_ps) * SPEED_OF_LIGHT_MM_PER_PS / 2.0
+        self.fwhm_mm = as_positive_float("fwhm_mm", fwhm_mm)
+        self.n_bins = as_positive_int("n_bins", n_bins)
+        self.bin_width_mm = as_positive_float("bin_width_mm", bin_width_mm)
+        self.n_sigmas = as_positive_float("n_sigmas", n_sigmas)
+
+    @property
+    def fwhm_ps(self) -> float:
+        return self.fwhm_mm * 2.0 / SPEED_OF_LIGHT_MM_PER_PS
+
+    @property
+    def sigma_mm(self) -> float:
+        """Standard deviation of the TOF kernel along the LOR, mm."""
+        return self.fwhm_mm / (2.0 * math.sqrt(2.0 * math.log(2.0)))
+
+    @property
+    def coverage_mm(self) -> float:
+        """Total length covered by the bins, ``n_bins * bin_width_mm``."""
+        return self.n_bins * self.bin_width_mm
+
+    @property
+    def first_edge_mm(self) -> float:
+        return -0.5 * self.coverage_mm
+
+    @property
+    def bin_edges_mm(self) -> np.ndarray:
+        """Bin edges along the LOR (mm from the midpoint), shape ``(n_bins + 1,)``."""
+        return self.first_edge_mm + np.arange(self.n_bins + 1) * self.bin_width_mm
+
+    @property
+    def bin_centres_mm(self) -> np.ndarray:
+        """Bin centres along the LOR (mm from the midpoint), shape ``(n_bins,)``."""
+        return self.first_edge_mm + (np.arange(self.n_bins) + 0.5) * self.bin_width_mm
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, TOFParams) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash(tuple(getattr(self, k) for k in self.__slots__))
+
+    def __repr__(self) -> str:
+        return (f"TOFParams(fwhm_mm={self.fwhm_mm:.6g}, n_bins={self.n_bins}, bin_width_mm={self.bin_width_mm}, "
+                f"n_sigmas={self.n_sigmas})")
+
+
+# --------------------------------------------------------------------------------------------
 # The factorised LOR description the projector kernels consume
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -192,11 +281,14 @@ class LORTables:
         If true the LORs are the outer product ``axial × transaxial`` in C order (LOR
         ``a * n_t + t``), as in a sinogram ``(n_planes, n_views, n_radial)``. If false,
         ``axial`` and ``transaxial`` are zipped row by row (``n_a == n_t``), as in list mode.
+    tof_bin : ndarray of int64, shape ``(n_lors,)``, or None
+        The TOF bin of every event (list mode only).
     """
 
     transaxial: np.ndarray
     axial: np.ndarray | None
     outer: bool
+    tof_bin: np.ndarray | None = None
 
     @property
     def ndim(self) -> int:
@@ -535,13 +627,16 @@ class LORList:
     start_mm, end_mm : array_like, shape ``(n_lors, 2)`` or ``(n_lors, 3)``
         Start and end point of every LOR in mm (any leading shape is flattened in C order).
         Zero-length LORs are rejected.
+    tof_bin : array_like of int, shape ``(n_lors,)``, optional
+        The TOF bin of every event, for list-mode TOF projection (see :class:`TOFParams`; bins
+        count along the direction from start to end). A projector without TOF ignores it.
 
     Subsets split the events into interleaved groups (``i::n``).
     """
 
     view_axis = 0
 
-    def __init__(self, start_mm, end_mm):
+    def __init__(self, start_mm, end_mm, tof_bin=None):
         start = as_point_array("start_mm", start_mm)
         end = as_point_array("end_mm", end_mm)
         if start.shape != end.shape:
@@ -555,9 +650,21 @@ class LORList:
         if np.any(length <= 0):
             bad = int(np.flatnonzero(length <= 0)[0])
             raise ValueError(f"LOR {bad} has zero length (start_mm == end_mm == {start[bad].tolist()})")
+        if tof_bin is not None:
+            bins = np.asarray(tof_bin)
+            if not np.issubdtype(bins.dtype, np.integer):
+                raise TypeError(f"tof_bin must hold integers, got dtype {bins.dtype}")
+            bins = bins.reshape(-1).astype(np.int64)
+            if bins.shape[0] != start.shape[0]:
+                raise ValueError(f"tof_bin must have one entry per LOR ({start.shape[0]}), got {bins.shape[0]}")
+            if bins.size and bins.min() < 0:
+                raise ValueError(f"tof_bin must be >= 0, got {bins.min()}")
+            bins.setflags(write=False)
+            tof_bin = bins
         self.ndim = nd
         self.start_mm = start
         self.end_mm = end
+        self.tof_bin = tof_bin
         self.start_mm.setflags(write=False)
         self.end_mm.setflags(write=False)
 
@@ -582,14 +689,16 @@ class LORList:
         s, e = self.start_mm[idx], self.end_mm[idx]
         transaxial = np.ascontiguousarray(np.concatenate([s[:, :2], e[:, :2]], axis=1))
         axial = None if self.ndim == 2 else np.ascontiguousarray(np.stack([s[:, 2], e[:, 2]], axis=1))
-        return LORTables(transaxial, axial, outer=False)
+        tof_bin = None if self.tof_bin is None else np.ascontiguousarray(self.tof_bin[idx])
+        return LORTables(transaxial, axial, outer=False, tof_bin=tof_bin)
 
     def lor_endpoints(self, views=None) -> tuple[np.ndarray, np.ndarray]:
         idx = _select_views(self.n_lors, views)
         return self.start_mm[idx].copy(), self.end_mm[idx].copy()
 
     def __repr__(self) -> str:
-        return f"LORList(n_lors={self.n_lors}, ndim={self.ndim})"
+        tof = "" if self.tof_bin is None else ", with TOF bins"
+        return f"LORList(n_lors={self.n_lors}, ndim={self.ndim}{tof})"
 
 
 # --------------------------------------------------------------------------------------------

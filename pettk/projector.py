@@ -39,7 +39,8 @@ import torch
 
 from . import backends
 from ._validation import as_positive_int
-from .geometry import ImageGrid, LORList, ParallelBeam2D, SinogramLayout
+from .backends import _joseph_cpu
+from .geometry import ImageGrid, LORList, ParallelBeam2D, SinogramLayout, TOFParams
 
 __all__ = ["Projector"]
 
@@ -74,6 +75,10 @@ class Projector:
     backend : {"auto", "cpu", "reference", "cuda"}
         ``"auto"`` picks the numba kernels for CPU tensors and the CUDA kernels for CUDA tensors
         (falling back to ``"reference"`` when CuPy is missing).
+    tof : TOFParams, optional
+        Time of flight. With a sinogram geometry the output gains a last axis of ``tof.n_bins``
+        TOF bins; with a :class:`LORList` carrying ``tof_bin`` every event is projected into its
+        own TOF bin (list-mode TOF). The bins must cover every LOR's path through the image.
     views : slice or sequence of int, optional
         Restrict the projector to these views (list mode: these events). :meth:`subsets` builds
         such projectors; ``None`` keeps all of them.
@@ -86,11 +91,11 @@ class Projector:
         ``grid.shape``.
     shape_out : tuple of int
         The measurement shape, e.g. ``(n_planes, n_views, n_radial)`` for a sinogram layout, with
-        the view axis reduced to the selected views.
+        the view axis reduced to the selected views, and ``(..., n_tof_bins)`` with TOF.
     """
 
-    def __init__(self, grid: ImageGrid, geometry, backend: str = "auto", *, views=None,
-                 check_finite: bool = True):
+    def __init__(self, grid: ImageGrid, geometry, backend: str = "auto", *, tof: TOFParams | None = None,
+                 views=None, check_finite: bool = True):
         if not isinstance(grid, ImageGrid):
             raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
         if not isinstance(geometry, _GEOMETRIES):
@@ -103,14 +108,21 @@ class Projector:
                              f"is {grid.ndim}D{hint}")
         if isinstance(geometry, ParallelBeam2D):
             _check_parallel_beam_covers(grid, geometry)
+        if tof is not None and not isinstance(tof, TOFParams):
+            raise TypeError(f"tof must be a TOFParams or None, got {type(tof).__name__}")
         self.grid = grid
         self.geometry = geometry
         self.backend = backends.check_name(backend)
         self.check_finite = bool(check_finite)
-        self.shape_in: tuple[int, ...] = tuple(grid.shape)
-        self.shape_out: tuple[int, ...] = tuple(geometry.shape_for_views(views))
+        self.tof = tof
         self.views = views
         self._tables = geometry.lor_tables(views)
+        tof_axis = (tof.n_bins,) if tof is not None and self._tables.tof_bin is None else ()
+        self.shape_in: tuple[int, ...] = tuple(grid.shape)
+        self.shape_out: tuple[int, ...] = tuple(geometry.shape_for_views(views)) + tof_axis
+        self._full_shape: tuple[int, ...] = tuple(geometry.shape) + tof_axis
+        if tof is not None:
+            _check_tof(grid, geometry, self._tables, tof)
         self._plans: dict = {}
 
     # -- public API --------------------------------------------------------------------------------
@@ -143,12 +155,21 @@ class Projector:
             parts = [slice(i, None, n) for i in range(n)]
         else:
             parts = [self._view_indices()[i::n] for i in range(n)]
-        return [Projector(self.grid, self.geometry, self.backend, views=part, check_finite=self.check_finite)
-                for part in parts]
+        return [Projector(self.grid, self.geometry, self.backend, tof=self.tof, views=part,
+                          check_finite=self.check_finite) for part in parts]
+
+    def without_tof(self) -> "Projector":
+        """The same LORs (and views) without TOF, e.g. for attenuation factors."""
+        if self.tof is None:
+            return self
+        return Projector(self.grid, self.geometry, self.backend, views=self.views, check_finite=self.check_finite)
 
     def select(self, y_full):
-        """The part of a full measurement array ``(..., *geometry.shape)`` this projector sees."""
-        full = tuple(self.geometry.shape)
+        """The part of a full measurement array ``(..., *full_shape)`` this projector sees.
+
+        ``full_shape`` is the geometry's shape (plus the TOF axis for TOF sinograms).
+        """
+        full = self._full_shape
         shape = tuple(y_full.shape)
         if len(shape) < len(full) or shape[len(shape) - len(full):] != full:
             raise ValueError(f"y_full must have shape (..., {', '.join(map(str, full))}), got {shape}")
@@ -163,7 +184,8 @@ class Projector:
         return np.take(y_full, index, axis=axis)
 
     def __repr__(self) -> str:
-        return (f"Projector(grid={self.grid!r}, geometry={self.geometry!r}, backend={self.backend!r}, "
+        tof = "" if self.tof is None else f", tof={self.tof!r}"
+        return (f"Projector(grid={self.grid!r}, geometry={self.geometry!r}, backend={self.backend!r}{tof}, "
                 f"shape_out={self.shape_out})")
 
     # -- internals ---------------------------------------------------------------------------------
@@ -199,7 +221,7 @@ class Projector:
         key = (module.name, str(device))
         plan = self._plans.get(key)
         if plan is None:
-            plan = self._plans[key] = module.make_plan(self.grid, self._tables, device)
+            plan = self._plans[key] = module.make_plan(self.grid, self._tables, device, self.tof)
         return plan
 
     def _run(self, data: torch.Tensor, mode: str) -> torch.Tensor:
@@ -238,6 +260,21 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
     finite = torch.isfinite(tensor)
     if not bool(finite.all()):
         raise ValueError(f"{name} contains {int((~finite).sum())} non-finite values (NaN or inf)")
+
+
+def _check_tof(grid: ImageGrid, geometry, tables, tof: TOFParams) -> None:
+    """TOF parameters must fit the geometry: list-mode bins in range, bins covering the image."""
+    if isinstance(geometry, LORList):
+        if tables.tof_bin is None:
+            raise ValueError("list-mode TOF needs the TOF bin of every event: LORList(start_mm, end_mm, tof_bin=...)")
+        if tables.tof_bin.size and tables.tof_bin.max() >= tof.n_bins:
+            raise ValueError(f"LORList.tof_bin must be < tof.n_bins = {tof.n_bins}, got {int(tables.tof_bin.max())}")
+    reach = _joseph_cpu.max_sample_offset_mm(grid, tables)
+    if reach > 0.5 * tof.coverage_mm * (1 + 1e-9):
+        raise ValueError(
+            f"TOF bins cover +-{0.5 * tof.coverage_mm:.4g} mm around each LOR's midpoint (n_bins={tof.n_bins} x "
+            f"bin_width_mm={tof.bin_width_mm:g}) but LORs cross the image up to {reach:.4g} mm from their "
+            f"midpoint; use n_bins * bin_width_mm >= {2 * reach:.4g}")
 
 
 def _check_parallel_beam_covers(grid: ImageGrid, geometry: ParallelBeam2D) -> None:

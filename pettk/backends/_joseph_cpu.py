@@ -55,7 +55,11 @@ def _clip_range(lo, hi, c, s, n):
 
 @njit(cache=True, inline="always")
 def _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1):
-    """Return (k, a, b, lo, hi, ca, sa, cb, sb, weight) for one LOR; lo > hi means no samples."""
+    """Return (k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts) for one LOR; lo > hi means no samples.
+
+    ``tc + i * ts`` is the signed distance (mm) of plane ``i``'s sample from the LOR midpoint,
+    positive towards the end point (used for TOF).
+    """
     dx = x1 - x0
     dy = y1 - y0
     dz = z1 - z0
@@ -70,7 +74,7 @@ def _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1):
     d = (dx, dy, dz)
     dk = d[k]
     if dk == 0.0:
-        return k, a, b, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.0
+        return k, a, b, 1, 0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
     # continuous voxel indices of p0 and the per-mm slopes
     u0k = (p0[k] - origin[k]) / vs[k]
     u1k = u0k + dk / vs[k]
@@ -85,8 +89,11 @@ def _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1):
     hi = min(shape[k] - 1, int(math.floor(max(u0k, u1k))))
     lo, hi = _clip_range(lo, hi, ca, sa, shape[a])
     lo, hi = _clip_range(lo, hi, cb, sb, shape[b])
-    weight = vs[k] * math.sqrt(dx * dx + dy * dy + dz * dz) / abs(dk)
-    return k, a, b, lo, hi, ca, sa, cb, sb, weight
+    length = math.sqrt(dx * dx + dy * dy + dz * dz)
+    weight = vs[k] * length / abs(dk)
+    ts = length / duk
+    tc = -u0k * ts - 0.5 * length
+    return k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts
 
 
 @njit(cache=True, inline="always")
@@ -133,7 +140,7 @@ def _endpoints(trans, axial, outer, n_t, lor):
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _line_fwd3d(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1):
-    k, a, b, lo, hi, ca, sa, cb, sb, weight = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
+    k, a, b, lo, hi, ca, sa, cb, sb, weight, _, _ = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
     sk, s_a, s_b = strides[k], strides[a], strides[b]
     offset = PAD * (strides[0] + strides[1] + strides[2])
     acc = 0.0
@@ -155,7 +162,7 @@ def _line_fwd3d(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1):
 
 @njit(cache=True, inline="always")
 def _line_adj3d(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, value):
-    k, a, b, lo, hi, ca, sa, cb, sb, weight = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
+    k, a, b, lo, hi, ca, sa, cb, sb, weight, _, _ = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
     sk, s_a, s_b = strides[k], strides[a], strides[b]
     offset = PAD * (strides[0] + strides[1] + strides[2])
     v = value * weight
@@ -252,6 +259,213 @@ def adjoint2d(y, strides, shape, origin, vs, trans, buffers):
         for lor in range(c * n_lors // n_chunks, (c + 1) * n_lors // n_chunks):
             _line_adj2d(buf, strides, shape, origin, vs,
                         trans[lor, 0], trans[lor, 1], trans[lor, 2], trans[lor, 3], y[lor])
+
+
+# ---------------------------------------------------------------------------------------------
+# 3D TOF kernels (2D TOF runs through them with a singleton z axis)
+#
+# tof = (first_edge_mm, bin_width_mm, sigma_mm, reach_mm) with reach = n_sigmas * sigma. A sample
+# at t (mm from the LOR midpoint) adds to the bins from the one containing t - reach to the one
+# containing t + reach the Gaussian integral 0.5 * (erf((e_hi - t) / (sqrt2 sigma)) -
+# erf((e_lo - t) / (sqrt2 sigma))).
+# ---------------------------------------------------------------------------------------------
+@njit(cache=True, inline="always")
+def _tof_window(t, tof, n_bins):
+    first, width, reach = tof[0], tof[1], tof[3]
+    b_lo = int(math.floor((t - reach - first) / width))
+    b_hi = int(math.floor((t + reach - first) / width))
+    return max(b_lo, 0), min(b_hi, n_bins - 1)
+
+
+@njit(cache=True, inline="always")
+def _bilinear(img, base, s_a, s_b, wa, wb):
+    return ((1.0 - wa) * ((1.0 - wb) * img[base] + wb * img[base + s_b])
+            + wa * ((1.0 - wb) * img[base + s_a] + wb * img[base + s_a + s_b]))
+
+
+@njit(cache=True, inline="always")
+def _line_fwd3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, out_row):
+    k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
+    sk, s_a, s_b = strides[k], strides[a], strides[b]
+    offset = PAD * (strides[0] + strides[1] + strides[2])
+    n_bins = out_row.shape[0]
+    inv = 1.0 / (math.sqrt(2.0) * tof[2])
+    for i in range(lo, hi + 1):
+        fa = ca + i * sa
+        fb = cb + i * sb
+        ia = int(math.floor(fa))
+        ib = int(math.floor(fb))
+        v = _bilinear(img, offset + i * sk + ia * s_a + ib * s_b, s_a, s_b, fa - ia, fb - ib)
+        if v == 0.0:
+            continue
+        t = tc + i * ts
+        b_lo, b_hi = _tof_window(t, tof, n_bins)
+        cdf_lo = math.erf((tof[0] + b_lo * tof[1] - t) * inv)
+        for bin_ in range(b_lo, b_hi + 1):
+            cdf_hi = math.erf((tof[0] + (bin_ + 1) * tof[1] - t) * inv)
+            out_row[bin_] += 0.5 * v * (cdf_hi - cdf_lo)
+            cdf_lo = cdf_hi
+    for bin_ in range(n_bins):
+        out_row[bin_] *= weight
+
+
+@njit(cache=True, inline="always")
+def _line_adj3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, y_row):
+    k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
+    sk, s_a, s_b = strides[k], strides[a], strides[b]
+    offset = PAD * (strides[0] + strides[1] + strides[2])
+    n_bins = y_row.shape[0]
+    inv = 1.0 / (math.sqrt(2.0) * tof[2])
+    for i in range(lo, hi + 1):
+        t = tc + i * ts
+        b_lo, b_hi = _tof_window(t, tof, n_bins)
+        g = 0.0
+        cdf_lo = math.erf((tof[0] + b_lo * tof[1] - t) * inv)
+        for bin_ in range(b_lo, b_hi + 1):
+            cdf_hi = math.erf((tof[0] + (bin_ + 1) * tof[1] - t) * inv)
+            g += y_row[bin_] * (cdf_hi - cdf_lo)
+            cdf_lo = cdf_hi
+        g *= 0.5 * weight
+        if g == 0.0:
+            continue
+        fa = ca + i * sa
+        fb = cb + i * sb
+        ia = int(math.floor(fa))
+        ib = int(math.floor(fb))
+        wa = fa - ia
+        wb = fb - ib
+        base = offset + i * sk + ia * s_a + ib * s_b
+        img[base] += g * (1.0 - wa) * (1.0 - wb)
+        img[base + s_b] += g * (1.0 - wa) * wb
+        img[base + s_a] += g * wa * (1.0 - wb)
+        img[base + s_a + s_b] += g * wa * wb
+
+
+@njit(cache=True, inline="always")
+def _line_lm_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, n_bins, bin_, value, adjoint):
+    """List-mode TOF: forward (returns the line integral in ``bin_``) or adjoint (adds ``value``)."""
+    k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
+    sk, s_a, s_b = strides[k], strides[a], strides[b]
+    offset = PAD * (strides[0] + strides[1] + strides[2])
+    inv = 1.0 / (math.sqrt(2.0) * tof[2])
+    e_lo = tof[0] + bin_ * tof[1]
+    e_hi = e_lo + tof[1]
+    acc = 0.0
+    for i in range(lo, hi + 1):
+        t = tc + i * ts
+        b_lo, b_hi = _tof_window(t, tof, n_bins)
+        if bin_ < b_lo or bin_ > b_hi:
+            continue
+        w_tof = 0.5 * (math.erf((e_hi - t) * inv) - math.erf((e_lo - t) * inv))
+        fa = ca + i * sa
+        fb = cb + i * sb
+        ia = int(math.floor(fa))
+        ib = int(math.floor(fb))
+        wa = fa - ia
+        wb = fb - ib
+        base = offset + i * sk + ia * s_a + ib * s_b
+        if adjoint:
+            g = value * weight * w_tof
+            img[base] += g * (1.0 - wa) * (1.0 - wb)
+            img[base + s_b] += g * (1.0 - wa) * wb
+            img[base + s_a] += g * wa * (1.0 - wb)
+            img[base + s_a + s_b] += g * wa * wb
+        else:
+            acc += w_tof * _bilinear(img, base, s_a, s_b, wa, wb)
+    return acc * weight
+
+
+@njit(parallel=True, cache=True)
+def forward3d_tof(img_pad, strides, shape, origin, vs, trans, axial, outer, tof, out):
+    """TOF sinogram forward projection into ``out`` (n_lors, n_bins), which must be zeroed."""
+    n_t = trans.shape[0]
+    for lor in prange(out.shape[0]):
+        x0, y0, z0, x1, y1, z1 = _endpoints(trans, axial, outer, n_t, lor)
+        _line_fwd3d_tof(img_pad, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, out[lor])
+
+
+@njit(parallel=True, cache=True)
+def adjoint3d_tof(y, strides, shape, origin, vs, trans, axial, outer, tof, buffers):
+    """TOF sinogram back projection of ``y`` (n_lors, n_bins) into per-thread padded images."""
+    n_t = trans.shape[0]
+    n_chunks = buffers.shape[0]
+    n_lors = y.shape[0]
+    for c in prange(n_chunks):
+        buf = buffers[c]
+        for lor in range(c * n_lors // n_chunks, (c + 1) * n_lors // n_chunks):
+            x0, y0, z0, x1, y1, z1 = _endpoints(trans, axial, outer, n_t, lor)
+            _line_adj3d_tof(buf, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, y[lor])
+
+
+@njit(parallel=True, cache=True)
+def forward3d_lm_tof(img_pad, strides, shape, origin, vs, trans, axial, tof, n_bins, tof_bin, out):
+    """List-mode TOF forward projection: one value per event, in the event's TOF bin."""
+    for lor in prange(out.shape[0]):
+        out[lor] = _line_lm_tof(img_pad, strides, shape, origin, vs, trans[lor, 0], trans[lor, 1], axial[lor, 0],
+                                trans[lor, 2], trans[lor, 3], axial[lor, 1], tof, n_bins, tof_bin[lor], 0.0, False)
+
+
+@njit(parallel=True, cache=True)
+def adjoint3d_lm_tof(y, strides, shape, origin, vs, trans, axial, tof, n_bins, tof_bin, buffers):
+    """List-mode TOF back projection into per-thread padded images."""
+    n_chunks = buffers.shape[0]
+    n_lors = y.shape[0]
+    for c in prange(n_chunks):
+        buf = buffers[c]
+        for lor in range(c * n_lors // n_chunks, (c + 1) * n_lors // n_chunks):
+            if y[lor] != 0.0:
+                _line_lm_tof(buf, strides, shape, origin, vs, trans[lor, 0], trans[lor, 1], axial[lor, 0],
+                             trans[lor, 2], trans[lor, 3], axial[lor, 1], tof, n_bins, tof_bin[lor], y[lor], True)
+
+
+@njit(parallel=True, cache=True)
+def _max_tof_offset3d(shape, origin, vs, trans, axial, outer, n_lors, n_chunks):
+    n_t = trans.shape[0]
+    result = np.zeros(n_chunks)
+    for c in prange(n_chunks):
+        m = 0.0
+        for lor in range(c * n_lors // n_chunks, (c + 1) * n_lors // n_chunks):
+            x0, y0, z0, x1, y1, z1 = _endpoints(trans, axial, outer, n_t, lor)
+            r = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
+            if r[3] <= r[4]:
+                m = max(m, abs(r[10] + r[3] * r[11]), abs(r[10] + r[4] * r[11]))
+        result[c] = m
+    return result
+
+
+def max_sample_offset_mm(grid, tables) -> float:
+    """Largest distance (mm) of any projection sample from its LOR's midpoint.
+
+    TOF bins must cover at least this far on both sides of the midpoint, or samples of the image
+    would fall outside every bin.
+    """
+    shape, origin, vs, trans, axial, outer = as_3d(grid, tables)
+    n_lors = tables.n_lors
+    chunks = max(1, min(numba.get_num_threads(), n_lors))
+    return float(_max_tof_offset3d(shape, origin, vs, trans, axial, outer, n_lors, chunks).max())
+
+
+def as_3d(grid, tables):
+    """Kernel arguments of a 2D or 3D grid and its tables in 3D form.
+
+    A 2D problem becomes a 3D one with a singleton z axis at z = 0 (1 mm thick) and LORs at
+    z = 0: the stepping axis is never z and the z interpolation weight is exactly 0, so the
+    results equal the 2D method's.
+    """
+    if grid.ndim == 3:
+        shape = np.asarray(grid.shape, dtype=np.int64)
+        origin = np.asarray(grid.origin_mm, dtype=np.float64)
+        vs = np.asarray(grid.voxel_size_mm, dtype=np.float64)
+        axial = np.ascontiguousarray(tables.axial, dtype=np.float64)
+        outer = bool(tables.outer)
+    else:
+        shape = np.asarray(tuple(grid.shape) + (1,), dtype=np.int64)
+        origin = np.asarray(tuple(grid.origin_mm) + (0.0,), dtype=np.float64)
+        vs = np.asarray(tuple(grid.voxel_size_mm) + (1.0,), dtype=np.float64)
+        outer = bool(tables.outer)
+        axial = np.zeros((1, 2)) if outer else np.zeros((tables.transaxial.shape[0], 2))
+    trans = np.ascontiguousarray(tables.transaxial, dtype=np.float64)
+    return shape, origin, vs, trans, axial, outer
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,8 +1,8 @@
 """The ``cpu`` backend: numba kernels, parallel over LORs, for CPU tensors (float32/float64).
 
-A :class:`CPUPlan` binds an image grid and a set of LOR tables; its ``forward``/``adjoint`` take
-and return unbatched torch CPU tensors without copying them through Python lists. The kernels
-themselves live in :mod:`pettk.backends._joseph_cpu`.
+A :class:`CPUPlan` binds an image grid, a set of LOR tables and optionally TOF parameters; its
+``forward``/``adjoint`` take and return flat, unbatched torch CPU tensors (no copies beyond the
+padded image buffer). The kernels live in :mod:`pettk.backends._joseph_cpu`.
 """
 
 from __future__ import annotations
@@ -21,53 +21,77 @@ def supports(device: torch.device) -> bool:
 
 
 class CPUPlan:
-    """Forward and adjoint Joseph projection of one grid onto one LOR table set, on the CPU.
+    """Joseph projection of one grid onto one LOR table set on the CPU.
 
     Parameters
     ----------
     grid : pettk.ImageGrid
     tables : pettk.geometry.LORTables
         Must have the grid's dimension.
+    tof : pettk.TOFParams, optional
+        With TOF, sinogram tables give ``n_lors * n_bins`` values (TOF bins last); list-mode
+        tables (with ``tof_bin``) give one value per event.
     """
 
-    def __init__(self, grid, tables):
+    def __init__(self, grid, tables, tof=None):
         self.image_shape = tuple(grid.shape)
         self.ndim = grid.ndim
-        self._shape = np.asarray(grid.shape, dtype=np.int64)
-        self._origin = np.asarray(grid.origin_mm, dtype=np.float64)
-        self._vs = np.asarray(grid.voxel_size_mm, dtype=np.float64)
-        self._strides = K.padded_strides(grid.shape)
-        self._trans = np.ascontiguousarray(tables.transaxial, dtype=np.float64)
-        self._axial = (np.zeros((1, 2)) if tables.axial is None
-                       else np.ascontiguousarray(tables.axial, dtype=np.float64))
-        self._outer = bool(tables.outer)
         self.n_lors = tables.n_lors
+        self.tof = tof
+        self.list_mode_tof = tof is not None and tables.tof_bin is not None
+        self.n_out = self.n_lors * (tof.n_bins if tof is not None and not self.list_mode_tof else 1)
+        if tof is None:
+            self._shape = np.asarray(grid.shape, dtype=np.int64)
+            self._origin = np.asarray(grid.origin_mm, dtype=np.float64)
+            self._vs = np.asarray(grid.voxel_size_mm, dtype=np.float64)
+            self._trans = np.ascontiguousarray(tables.transaxial, dtype=np.float64)
+            self._axial = (np.zeros((1, 2)) if tables.axial is None
+                           else np.ascontiguousarray(tables.axial, dtype=np.float64))
+            self._outer = bool(tables.outer)
+        else:  # TOF always runs through the 3D kernels (2D gets a singleton z axis)
+            self._shape, self._origin, self._vs, self._trans, self._axial, self._outer = K.as_3d(grid, tables)
+            self._tof = np.array([tof.first_edge_mm, tof.bin_width_mm, tof.sigma_mm, tof.n_sigmas * tof.sigma_mm])
+            self._tof_bin = None if tables.tof_bin is None else np.ascontiguousarray(tables.tof_bin, dtype=np.int64)
+        self._kernel_shape = tuple(int(n) for n in self._shape)
+        self._strides = K.padded_strides(self._kernel_shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: CPU tensor of the grid's shape -> CPU tensor ``(n_lors,)`` of the same dtype."""
-        img = K.pad_image(x.detach().numpy())
-        out = np.empty(self.n_lors, dtype=img.dtype)
-        if self.ndim == 3:
-            K.forward3d(img, self._strides, self._shape, self._origin, self._vs,
-                        self._trans, self._axial, self._outer, out)
+        """``x``: CPU tensor of the grid's shape -> flat CPU tensor ``(n_out,)`` of the same dtype."""
+        img = K.pad_image(x.detach().numpy().reshape(self._kernel_shape))
+        args = (img, self._strides, self._shape, self._origin, self._vs, self._trans, self._axial)
+        if self.tof is None:
+            out = np.empty(self.n_lors, dtype=img.dtype)
+            if self.ndim == 3:
+                K.forward3d(*args, self._outer, out)
+            else:
+                K.forward2d(img, self._strides, self._shape, self._origin, self._vs, self._trans, out)
+        elif self.list_mode_tof:
+            out = np.empty(self.n_lors, dtype=img.dtype)
+            K.forward3d_lm_tof(*args, self._tof, self.tof.n_bins, self._tof_bin, out)
         else:
-            K.forward2d(img, self._strides, self._shape, self._origin, self._vs, self._trans, out)
-        return torch.from_numpy(out)
+            out = np.zeros((self.n_lors, self.tof.n_bins), dtype=img.dtype)
+            K.forward3d_tof(*args, self._outer, self._tof, out)
+        return torch.from_numpy(out.reshape(-1))
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """``y``: CPU tensor ``(n_lors,)`` -> CPU tensor of the grid's shape, same dtype."""
+        """``y``: flat CPU tensor ``(n_out,)`` -> CPU tensor of the grid's shape, same dtype."""
         yv = np.ascontiguousarray(y.detach().numpy())
-        n_padded = int(np.prod([n + 2 * K.PAD for n in self.image_shape]))
+        n_padded = int(np.prod([n + 2 * K.PAD for n in self._kernel_shape]))
         buffers = np.zeros((K.n_adjoint_chunks(self.n_lors), n_padded), dtype=yv.dtype)
-        if self.ndim == 3:
-            K.adjoint3d(yv, self._strides, self._shape, self._origin, self._vs,
-                        self._trans, self._axial, self._outer, buffers)
+        geo = (self._strides, self._shape, self._origin, self._vs, self._trans, self._axial)
+        if self.tof is None:
+            if self.ndim == 3:
+                K.adjoint3d(yv, *geo, self._outer, buffers)
+            else:
+                K.adjoint2d(yv, self._strides, self._shape, self._origin, self._vs, self._trans, buffers)
+        elif self.list_mode_tof:
+            K.adjoint3d_lm_tof(yv, *geo, self._tof, self.tof.n_bins, self._tof_bin, buffers)
         else:
-            K.adjoint2d(yv, self._strides, self._shape, self._origin, self._vs, self._trans, buffers)
+            K.adjoint3d_tof(yv.reshape(self.n_lors, self.tof.n_bins), *geo, self._outer, self._tof, buffers)
         total = buffers[0] if buffers.shape[0] == 1 else buffers.sum(axis=0, dtype=yv.dtype)
-        return torch.from_numpy(K.crop_padded(total, self.image_shape))
+        return torch.from_numpy(K.crop_padded(total, self._kernel_shape).reshape(self.image_shape))
 
 
-def make_plan(grid, tables, device) -> CPUPlan:
+def make_plan(grid, tables, device, tof=None) -> CPUPlan:
     """Plan for CPU tensors (``device`` must be the CPU)."""
-    return CPUPlan(grid, tables)
+    return CPUPlan(grid, tables, tof)

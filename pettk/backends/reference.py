@@ -3,13 +3,15 @@
 It runs on any torch device and is the oracle the fast backends are tested against, so it follows
 the definition literally and shares no code with the kernels: every LOR is sampled at *all*
 planes of its stepping axis, samples outside the LOR segment are masked, and each of the 2 (2D)
-or 4 (3D) interpolation corners carries its own in-grid mask. LORs are processed in chunks so
-that memory stays bounded (about ``chunk_samples`` samples at a time).
+or 4 (3D) interpolation corners carries its own in-grid mask. TOF weights are the Gaussian
+integrals over each bin defined in :class:`pettk.geometry.TOFParams`. LORs are processed in
+chunks so that memory stays bounded (about ``chunk_samples`` samples at a time).
 """
 
 from __future__ import annotations
 
 import itertools
+import math
 
 import numpy as np
 import torch
@@ -33,11 +35,14 @@ class ReferencePlan:
     grid : pettk.ImageGrid
     tables : pettk.geometry.LORTables
     device : torch.device
+    tof : pettk.TOFParams, optional
+        TOF sinograms (``n_lors * n_bins`` values, bins last) or, when the tables carry
+        ``tof_bin``, list-mode TOF (one value per event).
     chunk_samples : int
         Upper bound on LORs × planes held in memory at once.
     """
 
-    def __init__(self, grid, tables, device, chunk_samples: int = CHUNK_SAMPLES):
+    def __init__(self, grid, tables, device, tof=None, chunk_samples: int = CHUNK_SAMPLES):
         self.image_shape = tuple(grid.shape)
         self.ndim = grid.ndim
         self.device = torch.device(device)
@@ -49,14 +54,19 @@ class ReferencePlan:
         self._vs = torch.as_tensor(grid.voxel_size_mm, dtype=f64, device=self.device)
         self._strides = [int(np.prod(self.image_shape[k + 1:])) for k in range(self.ndim)]
         self.n_lors = tables.n_lors
+        self.tof = tof
+        self._tof_bin = (None if tof is None or tables.tof_bin is None
+                         else torch.as_tensor(tables.tof_bin, dtype=torch.int64, device=self.device))
+        self.n_out = self.n_lors * (tof.n_bins if tof is not None and self._tof_bin is None else 1)
         self._chunk = max(1, chunk_samples // max(self.image_shape))
 
     # -- the sampling pattern of a chunk of LORs, per stepping axis ------------------------------
     def _samples(self, lo: int, hi: int):
-        """Yield ``(lor_index, flat_voxel_index, weight)`` triples for LORs ``lo:hi``.
+        """Yield ``(lor, index, weight, t)`` for the LORs ``lo:hi``, grouped by stepping axis.
 
-        ``lor_index`` has shape ``(m,)``; ``flat_voxel_index`` and ``weight`` have shape
-        ``(m, n_planes * corners)``; weights are zero for masked samples.
+        ``lor``: ``(m,)`` LOR numbers; ``index``: ``(m, corners, planes)`` flat voxel indices;
+        ``weight``: the matching interpolation × segment-mask × ``voxel_size_k / |cos|`` weights;
+        ``t``: ``(m, planes)`` signed distance (mm) of each sample from the LOR midpoint.
         """
         p0 = self._start[lo:hi]
         p1 = self._end[lo:hi]
@@ -72,13 +82,13 @@ class ReferencePlan:
             n_k = self.image_shape[k]
             planes = torch.arange(n_k, device=self.device, dtype=p0.dtype)[None, :]  # (1, n_k)
             u0k, u1k = u0[sel, k:k + 1], u1[sel, k:k + 1]
-            t = (planes - u0k) / (u1k - u0k)  # line parameter of each plane, (m, n_k)
-            inside = (t >= 0) & (t <= 1)
-            weight = self._vs[k] * length[sel] / d[sel, k].abs()  # (m,)
+            s = (planes - u0k) / (u1k - u0k)  # position of each plane along the LOR in [0, 1]
+            inside = (s >= 0) & (s <= 1)
+            scale = self._vs[k] * length[sel] / d[sel, k].abs()  # (m,)
             others = [j for j in range(self.ndim) if j != k]
             floors, fracs = [], []
             for j in others:
-                coord = u0[sel, j:j + 1] + t * (u1[sel, j:j + 1] - u0[sel, j:j + 1])
+                coord = u0[sel, j:j + 1] + s * (u1[sel, j:j + 1] - u0[sel, j:j + 1])
                 fl = torch.floor(coord)
                 floors.append(fl.to(torch.int64))
                 fracs.append(coord - fl)
@@ -86,7 +96,7 @@ class ReferencePlan:
             idx_parts, w_parts = [], []
             for corner in itertools.product((0, 1), repeat=len(others)):
                 idx = base.expand(sel.numel(), n_k)
-                w = inside.to(p0.dtype) * weight[:, None]
+                w = inside.to(p0.dtype) * scale[:, None]
                 for j, bit, fl, fr in zip(others, corner, floors, fracs):
                     voxel = fl + bit
                     valid = (voxel >= 0) & (voxel < self.image_shape[j])
@@ -94,30 +104,56 @@ class ReferencePlan:
                     w = w * (fr if bit else 1.0 - fr) * valid
                 idx_parts.append(idx)
                 w_parts.append(w)
-            yield sel + lo, torch.cat(idx_parts, dim=1), torch.cat(w_parts, dim=1)
+            t = (s - 0.5) * length[sel, None]
+            yield sel + lo, torch.stack(idx_parts, dim=1), torch.stack(w_parts, dim=1), t
+
+    def _tof_weight(self, t: torch.Tensor, bin_) -> torch.Tensor:
+        """Gaussian integral over TOF bin ``bin_`` (int or tensor broadcastable to ``t``)."""
+        tof = self.tof
+        sigma, width, first = tof.sigma_mm, tof.bin_width_mm, tof.first_edge_mm
+        reach = tof.n_sigmas * sigma
+        e_lo = first + bin_ * width
+        inv = 1.0 / (math.sqrt(2.0) * sigma)
+        w = 0.5 * (torch.erf((e_lo + width - t) * inv) - torch.erf((e_lo - t) * inv))
+        in_window = ((bin_ >= torch.floor((t - reach - first) / width))
+                     & (bin_ <= torch.floor((t + reach - first) / width)))
+        return w * in_window
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x``: tensor of the grid's shape on ``device`` -> ``(n_lors,)`` of the same dtype."""
+        """``x``: tensor of the grid's shape on ``device`` -> flat ``(n_out,)``, same dtype."""
         flat = x.reshape(-1)
-        out = torch.zeros(self.n_lors, dtype=x.dtype, device=x.device)
+        n_bins = 1 if self.tof is None or self._tof_bin is not None else self.tof.n_bins
+        out = torch.zeros((self.n_lors, n_bins), dtype=x.dtype, device=x.device)
         for lo in range(0, self.n_lors, self._chunk):
-            hi = min(lo + self._chunk, self.n_lors)
-            for lor, idx, w in self._samples(lo, hi):
-                out[lor] = (flat[idx].to(w.dtype) * w).sum(dim=1).to(x.dtype)
-        return out
+            for lor, idx, w, t in self._samples(lo, min(lo + self._chunk, self.n_lors)):
+                v = (flat[idx].to(w.dtype) * w).sum(dim=1)  # (m, planes)
+                if self.tof is None:
+                    out[lor, 0] = v.sum(dim=1).to(x.dtype)
+                elif self._tof_bin is not None:
+                    out[lor, 0] = (v * self._tof_weight(t, self._tof_bin[lor, None])).sum(dim=1).to(x.dtype)
+                else:
+                    for b in range(n_bins):
+                        out[lor, b] = (v * self._tof_weight(t, b)).sum(dim=1).to(x.dtype)
+        return out.reshape(-1)
 
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
-        """``y``: ``(n_lors,)`` on ``device`` -> image of the grid's shape, same dtype."""
-        acc_dtype = torch.float64 if y.dtype == torch.float64 or y.device.type != "mps" else y.dtype
+        """``y``: flat ``(n_out,)`` on ``device`` -> image of the grid's shape, same dtype."""
+        acc_dtype = torch.float64 if y.device.type != "mps" else torch.float32
         flat = torch.zeros(int(np.prod(self.image_shape)), dtype=acc_dtype, device=y.device)
+        y2 = y.reshape(self.n_lors, -1)
         for lo in range(0, self.n_lors, self._chunk):
-            hi = min(lo + self._chunk, self.n_lors)
-            for lor, idx, w in self._samples(lo, hi):
-                vals = w * y[lor].to(w.dtype)[:, None]
-                flat.index_add_(0, idx.reshape(-1), vals.reshape(-1).to(acc_dtype))
+            for lor, idx, w, t in self._samples(lo, min(lo + self._chunk, self.n_lors)):
+                yl = y2[lor].to(w.dtype)
+                if self.tof is None:
+                    g = yl[:, :1].expand_as(t)
+                elif self._tof_bin is not None:
+                    g = yl[:, :1] * self._tof_weight(t, self._tof_bin[lor, None])
+                else:
+                    g = sum(yl[:, b:b + 1] * self._tof_weight(t, b) for b in range(self.tof.n_bins))
+                flat.index_add_(0, idx.reshape(-1), (g[:, None, :] * w).reshape(-1).to(acc_dtype))
         return flat.to(y.dtype).reshape(self.image_shape)
 
 
-def make_plan(grid, tables, device) -> ReferencePlan:
+def make_plan(grid, tables, device, tof=None) -> ReferencePlan:
     """Plan for tensors on ``device``."""
-    return ReferencePlan(grid, tables, device)
+    return ReferencePlan(grid, tables, device, tof)
