@@ -12,12 +12,23 @@ from .geometry import (
     ParallelBeam2D,
     RegularPolygonScanner,
     SinogramLayout,
+    TOFParams,
     preset,
 )
+from .likelihood import poisson_deviance, poisson_nll, poisson_nll_gradient
+from .physics import ForwardModel, attenuation_factors
 from .projector import Projector
+from .psf import GaussianPSF
 
 __all__ = [
     "__version__",
+    "ForwardModel",
+    "GaussianPSF",
+    "TOFParams",
+    "attenuation_factors",
+    "poisson_deviance",
+    "poisson_nll",
+    "poisson_nll_gradient",
     "ImageGrid",
     "LORList",
     "ParallelBeam2D",

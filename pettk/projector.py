@@ -158,7 +158,7 @@ class Projector:
         return [Projector(self.grid, self.geometry, self.backend, tof=self.tof, views=part,
                           check_finite=self.check_finite) for part in parts]
 
-    def without_tof(self) -> "Projector":
+    def without_tof(self) -> Projector:
         """The same LORs (and views) without TOF, e.g. for attenuation factors."""
         if self.tof is None:
             return self
