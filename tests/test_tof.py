@@ -112,7 +112,8 @@ def test_point_source_tof_profile_peaks_in_its_bin():
 
 
 def test_tof_bins_must_cover_the_image(tiny):
-    with pytest.raises(ValueError, match=r"TOF bins cover \+-10 mm around each LOR's midpoint .* use n_bins \* bin_width_mm >="):
+    expected = r"TOF bins cover \+-10 mm around each LOR's midpoint .* use n_bins \* bin_width_mm >="
+    with pytest.raises(ValueError, match=expected):
         pettk.Projector(tiny.grid, tiny.layout, tof=TOFParams(fwhm_mm=20.0, n_bins=2, bin_width_mm=10.0))
 
 
