@@ -264,16 +264,17 @@ def adjoint2d(y, strides, shape, origin, vs, trans, buffers):
 # ---------------------------------------------------------------------------------------------
 # 3D TOF kernels (2D TOF runs through them with a singleton z axis)
 #
-# tof = (first_edge_mm, bin_width_mm, sigma_mm, reach_mm) with reach = n_sigmas * sigma. A sample
+# tof = (first_edge_mm, bin_width_mm, sigma_mm, reach_mm, 1 / bin_width_mm, 1 / (sqrt(2) sigma))
+# with reach = n_sigmas * sigma. A sample
 # at t (mm from the LOR midpoint) adds to the bins from the one containing t - reach to the one
 # containing t + reach the Gaussian integral 0.5 * (erf((e_hi - t) / (sqrt2 sigma)) -
 # erf((e_lo - t) / (sqrt2 sigma))).
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
 def _tof_window(t, tof, n_bins):
-    first, width, reach = tof[0], tof[1], tof[3]
-    b_lo = int(math.floor((t - reach - first) / width))
-    b_hi = int(math.floor((t + reach - first) / width))
+    first, reach, inv_width = tof[0], tof[3], tof[4]
+    b_lo = int(math.floor((t - reach - first) * inv_width))
+    b_hi = int(math.floor((t + reach - first) * inv_width))
     return max(b_lo, 0), min(b_hi, n_bins - 1)
 
 
@@ -289,7 +290,7 @@ def _line_fwd3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof
     sk, s_a, s_b = strides[k], strides[a], strides[b]
     offset = PAD * (strides[0] + strides[1] + strides[2])
     n_bins = out_row.shape[0]
-    inv = 1.0 / (math.sqrt(2.0) * tof[2])
+    inv = tof[5]
     for i in range(lo, hi + 1):
         fa = ca + i * sa
         fb = cb + i * sb
@@ -315,7 +316,14 @@ def _line_adj3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof
     sk, s_a, s_b = strides[k], strides[a], strides[b]
     offset = PAD * (strides[0] + strides[1] + strides[2])
     n_bins = y_row.shape[0]
-    inv = 1.0 / (math.sqrt(2.0) * tof[2])
+    inv = tof[5]
+    nonzero = False
+    for bin_ in range(n_bins):
+        if y_row[bin_] != 0.0:
+            nonzero = True
+            break
+    if not nonzero:  # measured TOF sinograms are sparse: skip empty LORs
+        return
     for i in range(lo, hi + 1):
         t = tc + i * ts
         b_lo, b_hi = _tof_window(t, tof, n_bins)
@@ -347,7 +355,7 @@ def _line_lm_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, n
     k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
     sk, s_a, s_b = strides[k], strides[a], strides[b]
     offset = PAD * (strides[0] + strides[1] + strides[2])
-    inv = 1.0 / (math.sqrt(2.0) * tof[2])
+    inv = tof[5]
     e_lo = tof[0] + bin_ * tof[1]
     e_hi = e_lo + tof[1]
     acc = 0.0
