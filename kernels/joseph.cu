@@ -33,8 +33,10 @@ __device__ inline void clip_range(long long &lo, long long &hi, double c, double
     double t1 = ((double)n - c) / s;
     if (t0 > t1) { double t = t0; t0 = t1; t1 = t; }
     double eps = 1e-9 * (fabs(t0) + fabs(t1) + 1.0);
-    long long lo2 = (long long)ceil(t0 - eps);
-    long long hi2 = (long long)floor(t1 + eps);
+    // clamp before converting: a double outside the long long range converts to garbage
+    double lo_f = (double)lo - 1.0, hi_f = (double)hi + 1.0;
+    long long lo2 = (long long)ceil(fmin(fmax(t0 - eps, lo_f), hi_f));
+    long long hi2 = (long long)floor(fmin(fmax(t1 + eps, lo_f), hi_f));
     if (lo2 > lo) lo = lo2;
     if (hi2 < hi) hi = hi2;
 }
@@ -58,8 +60,9 @@ __device__ inline Setup setup3d(const int *shape, const double *origin, const do
     s.sb = (d[s.b] / vs[s.b]) / duk;
     s.ca = (p0[s.a] - origin[s.a]) / vs[s.a] - u0k * s.sa;
     s.cb = (p0[s.b] - origin[s.b]) / vs[s.b] - u0k * s.sb;
-    long long lo = (long long)ceil(fmin(u0k, u1k));
-    long long hi = (long long)floor(fmax(u0k, u1k));
+    double n_k = (double)shape[s.k];
+    long long lo = (long long)ceil(fmin(fmax(fmin(u0k, u1k), -1.0), n_k));
+    long long hi = (long long)floor(fmin(fmax(fmax(u0k, u1k), -1.0), n_k));
     s.lo = lo > 0 ? lo : 0;
     s.hi = hi < shape[s.k] - 1 ? hi : shape[s.k] - 1;
     clip_range(s.lo, s.hi, s.ca, s.sa, shape[s.a]);
@@ -83,8 +86,9 @@ __device__ inline Setup setup2d(const int *shape, const double *origin, const do
     double u1k = u0k + duk;
     s.sa = (d[s.a] / vs[s.a]) / duk;
     s.ca = (p0[s.a] - origin[s.a]) / vs[s.a] - u0k * s.sa;
-    long long lo = (long long)ceil(fmin(u0k, u1k));
-    long long hi = (long long)floor(fmax(u0k, u1k));
+    double n_k = (double)shape[s.k];
+    long long lo = (long long)ceil(fmin(fmax(fmin(u0k, u1k), -1.0), n_k));
+    long long hi = (long long)floor(fmin(fmax(fmax(u0k, u1k), -1.0), n_k));
     s.lo = lo > 0 ? lo : 0;
     s.hi = hi < shape[s.k] - 1 ? hi : shape[s.k] - 1;
     clip_range(s.lo, s.hi, s.ca, s.sa, shape[s.a]);

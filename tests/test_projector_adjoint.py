@@ -73,3 +73,30 @@ def test_adjoint_float32_is_close(tiny, rng):
     y = rng.random(P.shape_out).astype(np.float32)
     assert P.forward(x).dtype == np.float32 and P.adjoint(y).dtype == np.float32
     assert_adjoint(P, x, y, rtol=1e-5)
+
+
+@pytest.mark.parametrize("ndim", [2, 3])
+def test_nearly_axis_parallel_lors_outside_the_grid(ndim):
+    """Slopes of 1e-16 outside the grid once overflowed an int conversion (a crash)."""
+    grid = pettk.ImageGrid((64, 64, 8)[:ndim], 0.25)
+    offsets = np.array([8.13, 9.0, 129.0, -8.13, 1e3])  # the grid spans +-8 mm: voxel centres to 7.875
+    tiny = np.array([6e-17, -6e-17, 2.4e-14, 1e-300, 0.0])
+    start, end = [], []
+    for off, slope in zip(offsets, tiny):
+        for axis in range(ndim):
+            p0 = np.zeros(ndim)
+            p1 = np.zeros(ndim)
+            p0[axis], p1[axis] = -400.0, 400.0
+            other = (axis + 1) % ndim
+            p0[other], p1[other] = off - slope * 400, off + slope * 400
+            start.append(p0)
+            end.append(p1)
+    start.append(np.full(ndim, -1e15))
+    end.append(np.full(ndim, 1e15))
+    lors = pettk.LORList(np.array(start), np.array(end))
+    x = np.ones(grid.shape)
+    for backend in ("cpu", "reference"):
+        y = pettk.Projector(grid, lors, backend=backend).forward(x)
+        np.testing.assert_allclose(y[:-1], 0.0)
+    through_centre = pettk.Projector(grid, lors).forward(x)[-1]
+    assert through_centre > 0

@@ -48,8 +48,9 @@ def _clip_range(lo, hi, c, s, n):
     if t0 > t1:
         t0, t1 = t1, t0
     eps = 1e-9 * (abs(t0) + abs(t1) + 1.0)
-    lo2 = int(math.ceil(t0 - eps))
-    hi2 = int(math.floor(t1 + eps))
+    # clamp before converting: a float outside the int64 range makes the conversion undefined
+    lo2 = int(math.ceil(min(max(t0 - eps, lo - 1.0), hi + 1.0)))
+    hi2 = int(math.floor(min(max(t1 + eps, lo - 1.0), hi + 1.0)))
     return max(lo, lo2), min(hi, hi2)
 
 
@@ -85,8 +86,9 @@ def _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1):
     sb = (d[b] / vs[b]) / duk
     ca = u0a - u0k * sa
     cb = u0b - u0k * sb
-    lo = max(0, int(math.ceil(min(u0k, u1k))))
-    hi = min(shape[k] - 1, int(math.floor(max(u0k, u1k))))
+    lo = int(math.ceil(min(max(min(u0k, u1k), -1.0), float(shape[k]))))
+    hi = int(math.floor(min(max(max(u0k, u1k), -1.0), float(shape[k]))))
+    lo, hi = max(lo, 0), min(hi, shape[k] - 1)
     lo, hi = _clip_range(lo, hi, ca, sa, shape[a])
     lo, hi = _clip_range(lo, hi, cb, sb, shape[b])
     length = math.sqrt(dx * dx + dy * dy + dz * dz)
@@ -116,8 +118,9 @@ def _setup2d(shape, origin, vs, x0, y0, x1, y1):
     u0a = (p0[a] - origin[a]) / vs[a]
     sa = (d[a] / vs[a]) / duk
     ca = u0a - u0k * sa
-    lo = max(0, int(math.ceil(min(u0k, u1k))))
-    hi = min(shape[k] - 1, int(math.floor(max(u0k, u1k))))
+    lo = int(math.ceil(min(max(min(u0k, u1k), -1.0), float(shape[k]))))
+    hi = int(math.floor(min(max(max(u0k, u1k), -1.0), float(shape[k]))))
+    lo, hi = max(lo, 0), min(hi, shape[k] - 1)
     lo, hi = _clip_range(lo, hi, ca, sa, shape[a])
     weight = vs[k] * math.sqrt(dx * dx + dy * dy) / abs(dk)
     return k, a, lo, hi, ca, sa, weight

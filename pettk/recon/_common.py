@@ -1,0 +1,119 @@
+"""Shared plumbing of the iterative reconstructions: inputs, start image, mask, run loop."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .._validation import as_positive_int
+from ..physics import ForwardModel
+
+#: Voxels whose sensitivity is below this fraction of the maximum are outside the field of view.
+SENSITIVITY_FLOOR = 1e-6
+
+
+@dataclass
+class ReconState:
+    """One iterate of a reconstruction.
+
+    Attributes
+    ----------
+    iteration : int
+        Completed iterations (epochs over all subsets), starting at 1.
+    x : torch.Tensor
+        The current image (a tensor the algorithm keeps updating: copy it to keep it).
+    subset : int
+        The last subset processed (``n_subsets - 1`` at the end of an epoch).
+    info : dict
+        Algorithm-specific numbers (e.g. the step size of BSREM).
+    """
+
+    iteration: int
+    x: torch.Tensor
+    subset: int = 0
+    info: dict = field(default_factory=dict)
+
+
+@dataclass
+class Problem:
+    """Validated inputs of a reconstruction, as torch tensors on one device."""
+
+    model: ForwardModel
+    y: torch.Tensor
+    x0: torch.Tensor
+    mask: torch.Tensor
+    numpy_out: bool
+
+
+def prepare(model, y, x0=None, mask=None, dtype=None) -> Problem:
+    """Validate ``model``, ``y``, ``x0`` and ``mask`` before any work; build the start image.
+
+    The default start image is uniform inside the mask, scaled so that its expected trues match
+    the measured counts minus the additive background.
+    """
+    if not isinstance(model, ForwardModel):
+        raise TypeError(f"model must be a ForwardModel, got {type(model).__name__}")
+    numpy_out = isinstance(y, np.ndarray)
+    if isinstance(y, np.ndarray):
+        y_t = torch.from_numpy(np.ascontiguousarray(y))
+    elif isinstance(y, torch.Tensor):
+        y_t = y.detach()
+    else:
+        raise TypeError(f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
+    if tuple(y_t.shape) != tuple(model.shape_out):
+        raise ValueError(f"y must have shape {tuple(model.shape_out)}, got {tuple(y_t.shape)}")
+    if dtype is None:
+        dtype = y_t.dtype if y_t.is_floating_point() else torch.float32
+    y_t = y_t.to(dtype)
+    if not bool(torch.isfinite(y_t).all()):
+        raise ValueError("y contains non-finite values (NaN or inf)")
+    if bool((y_t < 0).any()):
+        raise ValueError(f"y holds counts and must be >= 0; its minimum is {float(y_t.min()):.4g}")
+    shape = tuple(model.shape_in)
+    sens = model.sensitivity(dtype, y_t.device)
+    fov = sens > SENSITIVITY_FLOOR * float(sens.max())
+    if mask is not None:
+        m = torch.as_tensor(mask, device=y_t.device)
+        if m.dtype != torch.bool:
+            raise TypeError(f"mask must be a boolean image, got dtype {m.dtype}")
+        if tuple(m.shape) != shape:
+            raise ValueError(f"mask must have shape {shape}, got {tuple(m.shape)}")
+        fov = fov & m
+    if x0 is None:
+        net = y_t.sum() - (model.additive.sum() if model.additive is not None else 0.0)
+        per_voxel = torch.zeros((), dtype=dtype, device=y_t.device)
+        expected_per_unit = float((sens * fov).sum())
+        if expected_per_unit > 0 and float(net) > 0:
+            per_voxel = torch.as_tensor(float(net) / expected_per_unit, dtype=dtype, device=y_t.device)
+        x0_t = torch.where(fov, per_voxel.clamp_min(1e-6), torch.zeros((), dtype=dtype, device=y_t.device))
+    else:
+        x0_t = torch.as_tensor(x0).to(device=y_t.device, dtype=dtype).clone()
+        if tuple(x0_t.shape) != shape:
+            raise ValueError(f"x0 must have shape {shape}, got {tuple(x0_t.shape)}")
+        if not bool(torch.isfinite(x0_t).all()) or bool((x0_t < 0).any()):
+            raise ValueError("x0 must be finite and >= 0")
+        x0_t = torch.where(fov, x0_t, torch.zeros_like(x0_t))
+    return Problem(model, y_t, x0_t.contiguous(), fov, numpy_out)
+
+
+def check_iterations(n_iter, n_subsets=1) -> tuple[int, int]:
+    return as_positive_int("n_iter", n_iter), as_positive_int("n_subsets", n_subsets)
+
+
+def run(states, n_iter: int, callback=None, progress: bool = False, desc: str = "recon"):
+    """Consume a generator of :class:`ReconState`, calling ``callback(state)`` after every
+    iteration (epoch); returns the last image. ``callback`` may return ``True`` to stop early."""
+    bar = tqdm(total=n_iter, desc=desc, disable=not progress, leave=False)
+    last = None
+    try:
+        for state in states:
+            last = state
+            bar.update(1)
+            if callback is not None and callback(state):
+                break
+    finally:
+        bar.close()
+    return last.x
