@@ -73,7 +73,8 @@ def fbp(sinogram, geometry: ParallelBeam2D, grid: ImageGrid, window: str = "ramp
     if not p.is_floating_point():
         raise TypeError(f"sinogram must hold floating-point values, got {p.dtype}")
     if tuple(p.shape[-2:]) != tuple(geometry.shape):
-        raise ValueError(f"sinogram must have shape (..., {geometry.n_views}, {geometry.n_radial}), got {tuple(p.shape)}")
+        raise ValueError(f"sinogram must have shape (..., {geometry.n_views}, {geometry.n_radial}), "
+                         f"got {tuple(p.shape)}")
     if not bool(torch.isfinite(p).all()):
         raise ValueError("sinogram contains non-finite values (NaN or inf)")
     n_views, n_radial = geometry.shape

@@ -75,7 +75,7 @@ def bsrem_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int = 1
         ``lambda_k = step / (1 + relaxation * k)`` for epoch ``k = 0, 1, ...``.
     delta : float, optional
         Keeps the preconditioner positive at ``x = 0`` so zero voxels can grow; default
-        ``1e-3 * mean(x0)`` over the field of view.
+        ``0.1 * mean(x0)`` over the field of view (small values slow down voxels near 0).
     """
     beta = _check_prior(prior, beta)
     n_iter, n_subsets = check_iterations(n_iter, n_subsets)
@@ -90,7 +90,7 @@ def bsrem_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int = 1
     keep = problem.mask
     x = problem.x0.clone()
     if delta is None:
-        delta = 1e-3 * float(x[keep].mean()) if bool(keep.any()) else 1e-6
+        delta = 0.1 * float(x[keep].mean()) if bool(keep.any()) else 1e-6
     delta = as_positive_float("delta", delta)
     b = beta / n_subsets
     for k in range(n_iter):

@@ -102,7 +102,6 @@ class Prior:
 
     def _each_pair(self, x: torch.Tensor):
         """Yield ``(slice_j, slice_k, weight)``; weight is a float or a tensor over the overlap."""
-        self._check(x)
         n_lead = x.ndim - self.grid.ndim
         for off, w in self._pairs:
             sa, sb = _slices(off, n_lead)
@@ -115,6 +114,7 @@ class Prior:
     # -- the public API --------------------------------------------------------------------------------
     def value(self, x: torch.Tensor) -> torch.Tensor:
         """``R(x)`` summed over the whole tensor (batch included)."""
+        self._check(x)
         total = x.new_zeros(())
         for sa, sb, w in self._each_pair(x):
             total = total + (w * self._phi(x[sa], x[sb])).sum()
@@ -124,6 +124,7 @@ class Prior:
 
     def gradient(self, x: torch.Tensor) -> torch.Tensor:
         """``dR/dx``, same shape as ``x``."""
+        self._check(x)
         g = torch.zeros_like(x)
         for sa, sb, w in self._each_pair(x):
             a, b = x[sa], x[sb]
@@ -133,6 +134,7 @@ class Prior:
 
     def hessian_diagonal(self, x: torch.Tensor) -> torch.Tensor:
         """``d^2 R / dx_j^2`` at ``x``, same shape as ``x``."""
+        self._check(x)
         h = torch.zeros_like(x)
         for sa, sb, w in self._each_pair(x):
             a, b = x[sa], x[sb]
@@ -142,6 +144,7 @@ class Prior:
 
     def curvature_bound(self, x: torch.Tensor) -> torch.Tensor:
         """Per voxel, ``sup over x_j >= 0`` of ``d^2 R / dx_j^2`` with the neighbours held at ``x``."""
+        self._check(x)
         c = torch.zeros_like(x)
         for sa, sb, w in self._each_pair(x):
             a, b = x[sa], x[sb]
