@@ -52,6 +52,7 @@ __all__ = [
     "TOFParams",
     "SPEED_OF_LIGHT_MM_PER_PS",
     "Preset",
+    "from_dict",
     "preset",
     "PRESET_NAMES",
 ]
@@ -160,6 +161,11 @@ class ImageGrid:
                              f"got {lin.tolist()}")
         return cls(shape, np.diag(lin), aff[:nd, 3])
 
+    def to_dict(self) -> dict:
+        """JSON-serialisable description; :func:`from_dict` rebuilds the grid."""
+        return {"type": "ImageGrid", "shape": list(self.shape), "voxel_size_mm": list(self.voxel_size_mm),
+                "origin_mm": list(self.origin_mm)}
+
     # -- helpers --------------------------------------------------------------------------------
     def _axis(self, axis: int) -> int:
         if isinstance(axis, bool) or not isinstance(axis, int) or not -self.ndim <= axis < self.ndim:
@@ -252,6 +258,10 @@ class TOFParams:
     def bin_centres_mm(self) -> np.ndarray:
         """Bin centres along the LOR (mm from the midpoint), shape ``(n_bins,)``."""
         return self.first_edge_mm + (np.arange(self.n_bins) + 0.5) * self.bin_width_mm
+
+    def to_dict(self) -> dict:
+        return {"type": "TOFParams", "fwhm_mm": self.fwhm_mm, "n_bins": self.n_bins,
+                "bin_width_mm": self.bin_width_mm, "n_sigmas": self.n_sigmas}
 
     def __eq__(self, other) -> bool:
         return isinstance(other, TOFParams) and all(getattr(self, k) == getattr(other, k) for k in self.__slots__)
@@ -409,6 +419,11 @@ class RegularPolygonScanner:
         z = np.broadcast_to(self.ring_positions_mm[:, None, None], (self.n_rings, self._xy.shape[0], 1))
         return np.concatenate([xy, z], axis=-1)
 
+    def to_dict(self) -> dict:
+        return {"type": "RegularPolygonScanner", "radius_mm": self.radius_mm, "n_sides": self.n_sides,
+                "n_crystals_per_side": self.n_crystals_per_side, "crystal_spacing_mm": self.crystal_spacing_mm,
+                "ring_positions_mm": self.ring_positions_mm.tolist()}
+
     def _crystal_xy(self) -> np.ndarray:
         phi = 2.0 * np.pi * np.arange(self.n_sides) / self.n_sides
         t = (np.arange(self.n_crystals_per_side) - (self.n_crystals_per_side - 1) / 2.0) * self.crystal_spacing_mm
@@ -513,6 +528,10 @@ class SinogramLayout:
     def n_lors(self) -> int:
         return self.n_planes * self.n_views * self.n_radial
 
+    def to_dict(self) -> dict:
+        return {"type": "SinogramLayout", "scanner": self.scanner.to_dict(), "radial_trim": self.radial_trim,
+                "max_ring_difference": self.max_ring_difference}
+
     def plane_index(self, ring_start: int, ring_end: int) -> int:
         """Index of the plane joining ``ring_start`` to ``ring_end``."""
         hit = np.nonzero((self.plane_rings[:, 0] == ring_start) & (self.plane_rings[:, 1] == ring_end))[0]
@@ -597,6 +616,10 @@ class ParallelBeam2D:
 
     def shape_for_views(self, views=None) -> tuple[int, ...]:
         return (int(_select_views(self.n_views, views).size), self.n_radial)
+
+    def to_dict(self) -> dict:
+        return {"type": "ParallelBeam2D", "n_views": self.n_views, "n_radial": self.n_radial,
+                "radial_spacing_mm": self.radial_spacing_mm, "half_length_mm": self.half_length_mm}
 
     def lor_tables(self, views=None) -> LORTables:
         idx = _select_views(self.n_views, views)
@@ -684,6 +707,11 @@ class LORList:
     def shape_for_views(self, views=None) -> tuple[int, ...]:
         return (int(_select_views(self.n_lors, views).size),)
 
+    def to_dict(self) -> dict:
+        """Includes every endpoint: fine for modest lists, large for real list-mode files."""
+        return {"type": "LORList", "start_mm": self.start_mm.tolist(), "end_mm": self.end_mm.tolist(),
+                "tof_bin": None if self.tof_bin is None else self.tof_bin.tolist()}
+
     def lor_tables(self, views=None) -> LORTables:
         idx = _select_views(self.n_lors, views)
         s, e = self.start_mm[idx], self.end_mm[idx]
@@ -699,6 +727,28 @@ class LORList:
     def __repr__(self) -> str:
         tof = "" if self.tof_bin is None else ", with TOF bins"
         return f"LORList(n_lors={self.n_lors}, ndim={self.ndim}{tof})"
+
+
+def from_dict(description: dict):
+    """Rebuild an :class:`ImageGrid`, scanner, layout, parallel beam, LOR list or :class:`TOFParams`
+    from its ``to_dict()`` description (e.g. read from a file's JSON metadata)."""
+    if not isinstance(description, dict) or "type" not in description:
+        raise ValueError(f"a geometry description must be a dict with a 'type' key, got {description!r}")
+    d = dict(description)
+    kind = d.pop("type")
+    if kind == "ImageGrid":
+        return ImageGrid(d["shape"], d["voxel_size_mm"], d.get("origin_mm"))
+    if kind == "RegularPolygonScanner":
+        return RegularPolygonScanner(**d)
+    if kind == "SinogramLayout":
+        return SinogramLayout(from_dict(d["scanner"]), d["radial_trim"], d["max_ring_difference"])
+    if kind == "ParallelBeam2D":
+        return ParallelBeam2D(**d)
+    if kind == "LORList":
+        return LORList(d["start_mm"], d["end_mm"], d.get("tof_bin"))
+    if kind == "TOFParams":
+        return TOFParams(**d)
+    raise ValueError(f"unknown geometry type {kind!r}")
 
 
 # --------------------------------------------------------------------------------------------

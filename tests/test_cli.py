@@ -43,3 +43,29 @@ def test_no_command_prints_help(capsys):
 def test_module_entry_point():
     out = subprocess.run([sys.executable, "-m", "pettk.cli", "--version"], capture_output=True, text=True, check=True)
     assert pettk.__version__ in out.stdout
+
+
+@pytest.mark.parametrize("algorithm", ["osem", "mlem", "bsrem", "osl-map", "fbp"])
+def test_recon_command_writes_nifti(tmp_path, algorithm):
+    import numpy as np
+
+    from pettk.io import load_nifti, save_sinogram
+    from pettk.sim import shepp_logan_2d
+
+    grid = pettk.ImageGrid((32, 32), 4.0)
+    geo = pettk.ParallelBeam2D(40, 47, 3.0)
+    x = 5.0 * shepp_logan_2d(grid)
+    y = np.random.default_rng(0).poisson(pettk.Projector(grid, geo).forward(x)).astype(np.float32)
+    save_sinogram(tmp_path / "s.npz", y, geo, grid, mu=np.full(grid.shape, 0.0))
+    out = tmp_path / f"{algorithm}.nii.gz"
+    code = main(["recon", str(tmp_path / "s.npz"), "-o", str(out), "-a", algorithm, "-n", "5", "-s", "4",
+                 "--beta", "0.05", "--post-filter-mm", "4", "--no-progress"])
+    assert code == 0
+    image, g = load_nifti(out, ndim=2)
+    assert g == grid
+    assert np.corrcoef(image.ravel(), x.ravel())[0, 1] > 0.8  # a smoke test: algorithms are tested elsewhere
+
+
+def test_recon_command_rejects_bad_output(tmp_path):
+    with pytest.raises(SystemExit, match="--output must end in .nii or .nii.gz"):
+        main(["recon", "s.npz", "-o", str(tmp_path / "x.png")])

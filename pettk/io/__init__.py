@@ -1,5 +1,11 @@
-"""Input and output: files are written atomically (temporary file, then rename)."""
+"""Input and output. Every file is written atomically (temporary file, then rename).
+
+* :func:`save_nifti` / :func:`load_nifti` -- images with the affine of their grid.
+* :func:`save_sinogram` / :func:`load_sinogram` -- ``.npz`` sinograms with geometry metadata.
+"""
 
 from .atomic import atomic_path
+from .nifti import load_nifti, save_nifti
+from .sinogram import SinogramFile, load_sinogram, save_sinogram
 
-__all__ = ["atomic_path"]
+__all__ = ["atomic_path", "load_nifti", "save_nifti", "SinogramFile", "load_sinogram", "save_sinogram"]
