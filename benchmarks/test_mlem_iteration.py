@@ -2,7 +2,7 @@
 
 (a) 2D parallel beam, 256×256 image, 256 views × 367 radial bins: one full MLEM iteration.
 (b) ``mmr-like`` 3D preset (128×128×127): one EM update on one of 28 view subsets (4096 planes ×
-    8 views × 127 bins = 4.2 M LORs); a full MLEM iteration is 28 such updates of projection work.
+    8 views × 129 bins = 4.2 M LORs); a full MLEM iteration is 28 such updates of projection work.
 
 Both variants run ``pettk.recon.em_step`` on identical inputs in the same process
 (``fused=True``: numba ratio and update kernels; ``fused=False``: the torch expression

@@ -1,6 +1,6 @@
 """TOF vs non-TOF projector throughput on the brain scanner preset (``mmr-like``).
 
-One of 28 view subsets (8 views × 127 radial bins × 4096 planes, 4.2 million LORs) of the
+One of 28 view subsets (8 views × 129 radial bins × 4096 planes, 4.2 million LORs) of the
 ``mmr-like`` preset with its 128×128×127 grid; TOF with a 400 ps FWHM (60 mm), 17 mm bins and
 enough bins to cover every LOR's path through the image, 3-sigma truncation. Reported:
 LOR-samples/s and the TOF/non-TOF time ratio, measured in the same run.

@@ -450,14 +450,17 @@ class SinogramLayout:
         The scanner; its number of crystals per ring ``N`` must be even.
     radial_trim : int
         Radial bins removed at each edge of every view (the LORs between the closest crystals).
+        At 0 the two outermost bins join a crystal to itself: zero-length LORs that always
+        project to 0 (kept so that the bin count matches the field's convention).
     max_ring_difference : int, optional
         Largest ``|ring_end - ring_start|`` kept; ``None`` keeps every ring pair.
 
     Notes
     -----
     **Views and radial bins.** With ``N`` crystals per ring there are ``N // 2`` views and
-    ``N - 1 - 2 * radial_trim`` radial bins. Radial bin ``r`` of view ``v`` joins the in-ring
-    crystals ``a`` (start) and ``b`` (end) with ``a - b = D = r + 1 + radial_trim``:
+    ``N + 1 - 2 * radial_trim`` radial bins (the convention of published scanner configurations,
+    e.g. 129 bins for 448 crystals and trim 160). Radial bin ``r`` of view ``v`` joins the in-ring
+    crystals ``a`` (start) and ``b`` (end) with ``a - b = D = r + radial_trim``:
     ``a = v + ceil(D / 2)``, ``b = v - floor(D / 2)`` (mod ``N``). Even ``D`` are LORs perpendicular
     to the direction of crystal ``v``, odd ``D`` the interleaved ones in between; the radial
     position runs from the edge of the field of view nearest crystal ``v`` (small ``D``) through
@@ -484,7 +487,7 @@ class SinogramLayout:
             raise ValueError(f"SinogramLayout needs an even number of crystals per ring, got "
                              f"n_sides * n_crystals_per_side = {n}")
         radial_trim = as_nonnegative_int("radial_trim", radial_trim)
-        max_trim = (n - 2) // 2
+        max_trim = n // 2
         if radial_trim > max_trim:
             raise ValueError(f"radial_trim must be in [0, {max_trim}] for {n} crystals per ring, got {radial_trim}")
         n_rings = scanner.n_rings
@@ -499,7 +502,7 @@ class SinogramLayout:
         self.radial_trim = radial_trim
         self.max_ring_difference = max_ring_difference
         self.n_views = n // 2
-        self.n_radial = n - 1 - 2 * radial_trim
+        self.n_radial = n + 1 - 2 * radial_trim
 
         planes = [(r, r) for r in range(n_rings)]
         for delta in range(1, max_ring_difference + 1):
@@ -509,7 +512,7 @@ class SinogramLayout:
         self.plane_rings.setflags(write=False)
 
         v = np.arange(self.n_views)[:, None]
-        d = np.arange(self.n_radial)[None, :] + 1 + radial_trim
+        d = np.arange(self.n_radial)[None, :] + radial_trim
         a = (v + (d + 1) // 2) % n
         b = (v - d // 2) % n
         self.crystal_pairs = np.stack(np.broadcast_arrays(a, b), axis=-1).astype(np.int64)
@@ -814,15 +817,15 @@ def preset(name: str) -> Preset:
 
     ``"bench-36ring"``
         radius 380.6 mm, 34 sides × 16 crystals at 4.03125 mm, 36 rings at 5.31556 mm pitch with
-        a 2.8 mm gap after every 9th ring, centred on z = 0; radial trim 65 (413 radial bins,
+        a 2.8 mm gap after every 9th ring, centred on z = 0; radial trim 65 (415 radial bins,
         272 views, 1296 planes); image grid 215×215×71 at 2.78 mm. The geometry used by published
         PET projector benchmarks.
     ``"mmr-like"``
         radius 330 mm, 56 sides × 8 crystals at 4.0 mm, 64 rings at 4.0625 mm; radial trim 160
-        (127 radial bins, 224 views); 2D grid 128×128 at 2.0863 mm, 3D grid 128×128×127 with
+        (129 radial bins, 224 views); 2D grid 128×128 at 2.0863 mm, 3D grid 128×128×127 with
         2.03125 mm slices.
     ``"tiny"``
-        radius 60 mm, 12 sides × 8 crystals at 3.9 mm, 4 rings at 4 mm; radial trim 24 (47 radial
+        radius 60 mm, 12 sides × 8 crystals at 3.9 mm, 4 rings at 4 mm; radial trim 24 (49 radial
         bins, 48 views, 16 planes); grid 32×32×8 at (2.5, 2.5, 2.0) mm. For tests.
     """
     if not isinstance(name, str):

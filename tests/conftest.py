@@ -13,7 +13,7 @@ def rng():
 
 @pytest.fixture(scope="session")
 def tiny():
-    """The 'tiny' preset: 4 rings, 16 planes (oblique included), 48 views, 47 radial bins."""
+    """The 'tiny' preset: 4 rings, 16 planes (oblique included), 48 views, 49 radial bins."""
     return pettk.preset("tiny")
 
 

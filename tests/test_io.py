@@ -78,7 +78,7 @@ def test_sinogram_round_trip(tmp_path, tiny, rng, kind):
 
 
 def test_sinogram_rejects_bad_input(tmp_path, tiny):
-    with pytest.raises(ValueError, match=r"prompts must have shape \(16, 48, 47\)"):
+    with pytest.raises(ValueError, match=r"prompts must have shape \(16, 48, 49\)"):
         save_sinogram(tmp_path / "s.npz", np.ones((16, 48)), tiny.layout, tiny.grid)
     with pytest.raises(ValueError, match="unknown arrays"):
         save_sinogram(tmp_path / "s.npz", np.ones(tiny.layout.shape), tiny.layout, tiny.grid, scatter=1)

@@ -63,9 +63,9 @@ def test_gradient_matches_autograd_and_finite_differences(model, tiny):
     torch.testing.assert_close(grad, xr.grad, rtol=1e-10, atol=1e-10)
     # central finite differences along a random direction
     direction = torch.from_numpy(rng.standard_normal(tiny.grid.shape))
-    h = 1e-5
+    h = 1e-4
     fd = (poisson_nll(y, model(x + h * direction)) - poisson_nll(y, model(x - h * direction))) / (2 * h)
-    assert float(fd) == pytest.approx(float((grad * direction).sum()), rel=1e-6)
+    assert float(fd) == pytest.approx(float((grad * direction).sum()), rel=1e-5)
     # numpy in, numpy out
     g_np = poisson_nll_gradient(model, x.numpy(), y.numpy())
     assert isinstance(g_np, np.ndarray)

@@ -47,7 +47,7 @@ def test_forward_is_the_composition(tiny, rng):
     expected = model.mult.unsqueeze(-1) * P(model.psf(x)) + model.additive
     torch.testing.assert_close(model(x), expected, rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(model.linear(x), expected - model.additive, rtol=1e-12, atol=1e-12)
-    assert model.shape_out == (16, 48, 47, 15)
+    assert model.shape_out == (16, 48, 49, 15)
 
 
 def test_attenuation_of_a_water_cylinder_matches_exp_mu_chord():
@@ -106,7 +106,7 @@ def test_numpy_in_numpy_out_and_float32(tiny, rng):
 def test_model_rejects_bad_input(tiny):
     P = pettk.Projector(tiny.grid, tiny.layout)
     good = np.ones(tiny.layout.shape)
-    with pytest.raises(ValueError, match=r"normalisation must have shape \(16, 48, 47\), got \(16, 48\)"):
+    with pytest.raises(ValueError, match=r"normalisation must have shape \(16, 48, 49\), got \(16, 48\)"):
         ForwardModel(P, normalisation=np.ones((16, 48)))
     with pytest.raises(ValueError, match="attenuation must be >= 0 everywhere"):
         ForwardModel(P, attenuation=-good)

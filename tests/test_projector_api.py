@@ -53,7 +53,7 @@ def test_subsets_partition_the_views(tiny, rng):
     subsets = P.subsets(5)
     assert len(subsets) == 5
     assert sum(s.shape_out[1] for s in subsets) == tiny.layout.n_views
-    assert subsets[1].shape_out == (16, 10, 47)
+    assert subsets[1].shape_out == (16, 10, 49)
     x = rng.random(tiny.grid.shape)
     y_full = P.forward(x)
     for s in subsets:
@@ -84,8 +84,8 @@ def test_subsets_reject_bad_counts(tiny):
         P.subsets(49)
     with pytest.raises(ValueError, match="n must be an integer >= 1, got 0"):
         P.subsets(0)
-    with pytest.raises(ValueError, match=r"y_full must have shape \(\.\.\., 16, 48, 47\)"):
-        P.subsets(2)[0].select(np.zeros((16, 24, 47)))
+    with pytest.raises(ValueError, match=r"y_full must have shape \(\.\.\., 16, 48, 49\)"):
+        P.subsets(2)[0].select(np.zeros((16, 24, 49)))
 
 
 # -- errors --------------------------------------------------------------------------------------------

@@ -42,7 +42,7 @@ def test_tof_params_reject_bad_values(kwargs, exc, match):
 def test_tof_sinogram_matches_reference(tiny, tof_tiny, rng, dtype, rtol):
     cpu = pettk.Projector(tiny.grid, tiny.layout, tof=tof_tiny, backend="cpu")
     ref = pettk.Projector(tiny.grid, tiny.layout, tof=tof_tiny, backend="reference")
-    assert cpu.shape_out == (16, 48, 47, 15)
+    assert cpu.shape_out == (16, 48, 49, 15)
     x = torch.from_numpy(rng.random(tiny.grid.shape)).to(dtype)
     y = torch.from_numpy(rng.random(cpu.shape_out)).to(dtype)
     for a, b in ((cpu.forward(x), ref.forward(x)), (cpu.adjoint(y), ref.adjoint(y))):
@@ -137,7 +137,7 @@ def test_tof_subsets_and_without_tof(tiny, tof_tiny, rng):
     x = rng.random(tiny.grid.shape)
     full = P.forward(x)
     sub = P.subsets(4)[3]
-    assert sub.shape_out == (16, 12, 47, 15)
+    assert sub.shape_out == (16, 12, 49, 15)
     np.testing.assert_allclose(sub.forward(x), sub.select(full), rtol=1e-12)
-    assert sub.without_tof().shape_out == (16, 12, 47)
+    assert sub.without_tof().shape_out == (16, 12, 49)
     assert P.without_tof().tof is None
