@@ -12,6 +12,7 @@ from .geometry import (
     ParallelBeam2D,
     RegularPolygonScanner,
     SinogramLayout,
+    SinogramLayout2D,
     TOFParams,
     preset,
 )
@@ -35,5 +36,6 @@ __all__ = [
     "Projector",
     "RegularPolygonScanner",
     "SinogramLayout",
+    "SinogramLayout2D",
     "preset",
 ]

@@ -14,7 +14,7 @@ import torch
 
 from ._filters import gaussian_filter
 from ._validation import as_positive_float
-from .geometry import LORList, ParallelBeam2D, SinogramLayout, TOFParams
+from .geometry import LORList, ParallelBeam2D, SinogramLayout, SinogramLayout2D, TOFParams
 
 __all__ = ["randoms_sinogram", "scatter_sinogram"]
 
@@ -25,13 +25,13 @@ def randoms_sinogram(geometry, total_counts: float, singles=None, tof: TOFParams
 
     Parameters
     ----------
-    geometry : SinogramLayout, ParallelBeam2D or LORList
+    geometry : SinogramLayout, SinogramLayout2D, ParallelBeam2D or LORList
     total_counts : float
         Expected randoms over the whole sinogram (>= 0).
     singles : array, shape ``(n_rings, n_crystals_per_ring)``, optional
-        Relative singles rate of every crystal (SinogramLayout only): randoms on the LOR joining
-        crystals ``a`` and ``b`` are proportional to ``s_a * s_b``. ``None``: uniform singles,
-        i.e. a uniform randoms sinogram.
+        Relative singles rate of every crystal (ring sinograms only; one ring for
+        SinogramLayout2D): randoms on the LOR joining crystals ``a`` and ``b`` are proportional
+        to ``s_a * s_b``. ``None``: uniform singles, i.e. a uniform randoms sinogram.
     tof : TOFParams, optional
         Spread each LOR's randoms evenly over the TOF bins (randoms are uniform in time).
 
@@ -39,8 +39,9 @@ def randoms_sinogram(geometry, total_counts: float, singles=None, tof: TOFParams
     -------
     torch.Tensor of ``geometry.shape`` (plus the TOF axis).
     """
-    if not isinstance(geometry, (SinogramLayout, ParallelBeam2D, LORList)):
-        raise TypeError(f"geometry must be a SinogramLayout, ParallelBeam2D or LORList, got {type(geometry).__name__}")
+    if not isinstance(geometry, (SinogramLayout, SinogramLayout2D, ParallelBeam2D, LORList)):
+        raise TypeError("geometry must be a SinogramLayout, SinogramLayout2D, ParallelBeam2D or LORList, "
+                        f"got {type(geometry).__name__}")
     total = float(total_counts)
     if not np.isfinite(total) or total < 0:
         raise ValueError(f"total_counts must be a finite number >= 0, got {total_counts!r}")
@@ -48,18 +49,23 @@ def randoms_sinogram(geometry, total_counts: float, singles=None, tof: TOFParams
     if singles is None:
         rate = np.ones(shape)
     else:
-        if not isinstance(geometry, SinogramLayout):
+        if not isinstance(geometry, (SinogramLayout, SinogramLayout2D)):
             raise ValueError("singles rates need a SinogramLayout (crystal pairs)")
         s = np.asarray(singles, dtype=np.float64)
         scanner = geometry.scanner
-        expected = (scanner.n_rings, scanner.n_crystals_per_ring)
+        n_rings = 1 if isinstance(geometry, SinogramLayout2D) else scanner.n_rings
+        expected = (n_rings, scanner.n_crystals_per_ring)
         if s.shape != expected:
             raise ValueError(f"singles must have shape {expected} (rings, crystals per ring), got {s.shape}")
         if not np.all(np.isfinite(s)) or np.any(s < 0) or not np.any(s > 0):
             raise ValueError("singles must be finite, >= 0 and not all zero")
         pairs = geometry.crystal_pairs  # (views, radial, 2)
-        rings = geometry.plane_rings  # (planes, 2)
-        rate = s[rings[:, 0][:, None, None], pairs[None, :, :, 0]] * s[rings[:, 1][:, None, None], pairs[None, :, :, 1]]
+        if isinstance(geometry, SinogramLayout2D):
+            rate = s[0, pairs[..., 0]] * s[0, pairs[..., 1]]
+        else:
+            rings = geometry.plane_rings  # (planes, 2)
+            rate = (s[rings[:, 0][:, None, None], pairs[None, :, :, 0]]
+                    * s[rings[:, 1][:, None, None], pairs[None, :, :, 1]])
     rate = rate / rate.sum() * total
     out = torch.as_tensor(rate, dtype=dtype)
     if tof is not None:

@@ -8,6 +8,7 @@ This module owns the *geometry* layer of pettk (see ``DESIGN.md``):
   along the last (axial) axis.
 * :class:`SinogramLayout` -- how the LORs of a :class:`RegularPolygonScanner` are ordered into a
   sinogram ``(n_planes, n_views, n_radial)``.
+* :class:`SinogramLayout2D` -- the 2D sinogram ``(n_views, n_radial)`` of one ring.
 * :class:`ParallelBeam2D` -- 2D parallel-beam sinograms ``(n_views, n_radial)``, what most
   published diffusion papers use.
 * :class:`LORList` -- an arbitrary list of LORs (list mode), shape ``(n_lors,)``.
@@ -46,6 +47,7 @@ __all__ = [
     "ImageGrid",
     "RegularPolygonScanner",
     "SinogramLayout",
+    "SinogramLayout2D",
     "ParallelBeam2D",
     "LORList",
     "LORTables",
@@ -441,6 +443,28 @@ class RegularPolygonScanner:
 # --------------------------------------------------------------------------------------------
 # Measurement geometries
 # --------------------------------------------------------------------------------------------
+def _check_ring_sinogram(n: int, radial_trim) -> int:
+    """Validate the crystal count and radial trim of a ring sinogram; returns the trim."""
+    if n % 2:
+        raise ValueError(f"SinogramLayout needs an even number of crystals per ring, got "
+                         f"n_sides * n_crystals_per_side = {n}")
+    radial_trim = as_nonnegative_int("radial_trim", radial_trim)
+    if radial_trim > n // 2:
+        raise ValueError(f"radial_trim must be in [0, {n // 2}] for {n} crystals per ring, got {radial_trim}")
+    return radial_trim
+
+
+def _crystal_pairs(n: int, radial_trim: int) -> np.ndarray:
+    """In-ring crystal pairs ``(start, end)`` per view and radial bin, ``(n // 2, n + 1 - 2 trim, 2)``."""
+    v = np.arange(n // 2)[:, None]
+    d = np.arange(n + 1 - 2 * radial_trim)[None, :] + radial_trim
+    a = (v + (d + 1) // 2) % n
+    b = (v - d // 2) % n
+    pairs = np.stack(np.broadcast_arrays(a, b), axis=-1).astype(np.int64)
+    pairs.setflags(write=False)
+    return pairs
+
+
 class SinogramLayout:
     """The sinogram ordering of the LORs of a :class:`RegularPolygonScanner`.
 
@@ -483,13 +507,7 @@ class SinogramLayout:
         if not isinstance(scanner, RegularPolygonScanner):
             raise TypeError(f"scanner must be a RegularPolygonScanner, got {type(scanner).__name__}")
         n = scanner.n_crystals_per_ring
-        if n % 2:
-            raise ValueError(f"SinogramLayout needs an even number of crystals per ring, got "
-                             f"n_sides * n_crystals_per_side = {n}")
-        radial_trim = as_nonnegative_int("radial_trim", radial_trim)
-        max_trim = n // 2
-        if radial_trim > max_trim:
-            raise ValueError(f"radial_trim must be in [0, {max_trim}] for {n} crystals per ring, got {radial_trim}")
+        radial_trim = _check_ring_sinogram(n, radial_trim)
         n_rings = scanner.n_rings
         if max_ring_difference is None:
             max_ring_difference = n_rings - 1
@@ -511,12 +529,7 @@ class SinogramLayout:
         self.plane_rings = np.asarray(planes, dtype=np.int64).reshape(-1, 2)
         self.plane_rings.setflags(write=False)
 
-        v = np.arange(self.n_views)[:, None]
-        d = np.arange(self.n_radial)[None, :] + radial_trim
-        a = (v + (d + 1) // 2) % n
-        b = (v - d // 2) % n
-        self.crystal_pairs = np.stack(np.broadcast_arrays(a, b), axis=-1).astype(np.int64)
-        self.crystal_pairs.setflags(write=False)
+        self.crystal_pairs = _crystal_pairs(n, radial_trim)
 
     @property
     def n_planes(self) -> int:
@@ -564,6 +577,58 @@ class SinogramLayout:
     def __repr__(self) -> str:
         return (f"SinogramLayout(shape={self.shape}, radial_trim={self.radial_trim}, "
                 f"max_ring_difference={self.max_ring_difference})")
+
+
+class SinogramLayout2D:
+    """The transaxial sinogram ``(n_views, n_radial)`` of one ring of a scanner, for 2D grids.
+
+    Same views, radial bins and crystal pairs as :class:`SinogramLayout` (see its notes), with 2D
+    LOR endpoints (the crystals' x, y). This is the 2D geometry of the published brain-PET
+    diffusion papers (an mMR-like ring: 224 views × 129 radial bins).
+    """
+
+    view_axis = 0
+    ndim = 2
+
+    def __init__(self, scanner: RegularPolygonScanner, radial_trim: int = 0):
+        if not isinstance(scanner, RegularPolygonScanner):
+            raise TypeError(f"scanner must be a RegularPolygonScanner, got {type(scanner).__name__}")
+        n = scanner.n_crystals_per_ring
+        self.radial_trim = _check_ring_sinogram(n, radial_trim)
+        self.scanner = scanner
+        self.n_views = n // 2
+        self.n_radial = n + 1 - 2 * self.radial_trim
+        self.crystal_pairs = _crystal_pairs(n, self.radial_trim)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.n_views, self.n_radial)
+
+    @property
+    def n_lors(self) -> int:
+        return self.n_views * self.n_radial
+
+    def shape_for_views(self, views=None) -> tuple[int, ...]:
+        return (int(_select_views(self.n_views, views).size), self.n_radial)
+
+    def lor_tables(self, views=None) -> LORTables:
+        idx = _select_views(self.n_views, views)
+        pairs = self.crystal_pairs[idx].reshape(-1, 2)
+        xy = self.scanner.crystal_xy_mm
+        return LORTables(np.ascontiguousarray(np.concatenate([xy[pairs[:, 0]], xy[pairs[:, 1]]], axis=1)),
+                         None, outer=True)
+
+    def lor_endpoints(self, views=None) -> tuple[np.ndarray, np.ndarray]:
+        """``(start_mm, end_mm)``, each of shape ``(n_views_sel, n_radial, 2)``."""
+        start, end = self.lor_tables(views).endpoints()
+        shape = self.shape_for_views(views) + (2,)
+        return start.reshape(shape), end.reshape(shape)
+
+    def to_dict(self) -> dict:
+        return {"type": "SinogramLayout2D", "scanner": self.scanner.to_dict(), "radial_trim": self.radial_trim}
+
+    def __repr__(self) -> str:
+        return f"SinogramLayout2D(shape={self.shape}, radial_trim={self.radial_trim})"
 
 
 class ParallelBeam2D:
@@ -745,6 +810,8 @@ def from_dict(description: dict):
         return RegularPolygonScanner(**d)
     if kind == "SinogramLayout":
         return SinogramLayout(from_dict(d["scanner"]), d["radial_trim"], d["max_ring_difference"])
+    if kind == "SinogramLayout2D":
+        return SinogramLayout2D(from_dict(d["scanner"]), d["radial_trim"])
     if kind == "ParallelBeam2D":
         return ParallelBeam2D(**d)
     if kind == "LORList":
@@ -770,6 +837,8 @@ class Preset:
         The 3D image grid.
     grid_2d : ImageGrid
         The transaxial 2D grid (one slice of ``grid``, or the preset's 2D grid).
+    layout_2d : SinogramLayout2D
+        The 2D sinogram of one ring (same radial trim), for ``grid_2d``.
     """
 
     name: str
@@ -777,6 +846,10 @@ class Preset:
     layout: SinogramLayout
     grid: ImageGrid
     grid_2d: ImageGrid
+
+    @property
+    def layout_2d(self) -> SinogramLayout2D:
+        return SinogramLayout2D(self.scanner, self.layout.radial_trim)
 
 
 def _centred(positions: np.ndarray) -> np.ndarray:

@@ -40,12 +40,12 @@ import torch
 from . import backends
 from ._validation import as_positive_int
 from .backends import _joseph_cpu
-from .geometry import ImageGrid, LORList, ParallelBeam2D, SinogramLayout, TOFParams
+from .geometry import ImageGrid, LORList, ParallelBeam2D, SinogramLayout, SinogramLayout2D, TOFParams
 
 __all__ = ["Projector"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
-_GEOMETRIES = (SinogramLayout, ParallelBeam2D, LORList)
+_GEOMETRIES = (SinogramLayout, SinogramLayout2D, ParallelBeam2D, LORList)
 
 
 class _Project(torch.autograd.Function):
@@ -99,10 +99,10 @@ class Projector:
         if not isinstance(grid, ImageGrid):
             raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
         if not isinstance(geometry, _GEOMETRIES):
-            raise TypeError("geometry must be a SinogramLayout, ParallelBeam2D or LORList, "
+            raise TypeError("geometry must be a SinogramLayout, SinogramLayout2D, ParallelBeam2D or LORList, "
                             f"got {type(geometry).__name__}")
         if geometry.ndim != grid.ndim:
-            hint = (" (use ParallelBeam2D or a 2D LORList for 2D grids)" if grid.ndim == 2
+            hint = (" (use SinogramLayout2D, ParallelBeam2D or a 2D LORList for 2D grids)" if grid.ndim == 2
                     else " (use a SinogramLayout or a 3D LORList for 3D grids)")
             raise ValueError(f"geometry {type(geometry).__name__} has {geometry.ndim}D points but the grid "
                              f"is {grid.ndim}D{hint}")

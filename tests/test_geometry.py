@@ -253,3 +253,25 @@ def test_mmr_like_and_tiny_presets():
     assert t.layout.shape == (16, 48, 49)
     with pytest.raises(ValueError, match="unknown preset 'nope'; expected one of bench-36ring, mmr-like, tiny"):
         pettk.preset("nope")
+
+
+def test_sinogram_layout_2d_matches_one_ring_of_the_3d_layout(rng):
+    p = pettk.preset("mmr-like")
+    layout2d = p.layout_2d
+    assert layout2d.shape == (224, 129)
+    start2, end2 = layout2d.lor_endpoints()
+    start3, end3 = p.layout.lor_endpoints(views=[0, 100])
+    np.testing.assert_allclose(start2[[0, 100]], start3[0, :, :, :2])
+    np.testing.assert_allclose(end2[[0, 100]], end3[0, :, :, :2])
+    grid = p.grid_2d
+    x = rng.random(grid.shape)
+    y = pettk.Projector(grid, layout2d).forward(x)
+    assert y.shape == (224, 129)
+    again = from_dict_roundtrip(layout2d)
+    assert again.shape == layout2d.shape
+
+
+def from_dict_roundtrip(geometry):
+    from pettk.geometry import from_dict
+
+    return from_dict(geometry.to_dict())

@@ -130,7 +130,8 @@ def test_device_errors(grid2d, beam2d):
 def test_constructor_errors(grid2d, beam2d, tiny):
     with pytest.raises(TypeError, match="grid must be an ImageGrid, got tuple"):
         pettk.Projector((40, 36), beam2d)
-    with pytest.raises(TypeError, match="geometry must be a SinogramLayout, ParallelBeam2D or LORList, got str"):
+    expected = "geometry must be a SinogramLayout, SinogramLayout2D, ParallelBeam2D or LORList, got str"
+    with pytest.raises(TypeError, match=expected):
         pettk.Projector(grid2d, "beam")
     with pytest.raises(ValueError, match="geometry SinogramLayout has 3D points but the grid is 2D"):
         pettk.Projector(grid2d, tiny.layout)
