@@ -269,6 +269,26 @@ class ForwardModel:
             models.append(ForwardModel._from_parts(sub, self.psf, mult, additive))
         return models
 
+    def with_background(self, additive=None, scale: float = 1.0) -> ForwardModel:
+        """A copy with ``mult`` multiplied by ``scale`` and ``additive`` replaced (``None``: none).
+
+        Used to turn an activity-to-trues model into a counts model (``scale`` = counts per unit
+        activity) and to attach randoms + scatter; ``scale`` applies to the linear part only.
+        """
+        scale = float(scale)
+        if not np.isfinite(scale) or scale <= 0:
+            raise ValueError(f"scale must be a finite number > 0, got {scale!r}")
+        if additive is not None:
+            additive = _as_tensor("additive", additive)
+            if tuple(additive.shape) != tuple(self.shape_out):
+                raise ValueError(f"additive must have shape {tuple(self.shape_out)}, got {tuple(additive.shape)}")
+            _check_values("additive", additive)
+        if self.mult is None:
+            mult = None if scale == 1.0 else torch.full(self._nontof_shape, scale, dtype=torch.float64)
+        else:
+            mult = self.mult * scale
+        return ForwardModel._from_parts(self.projector, self.psf, mult, additive)
+
     def to(self, device=None, dtype=None) -> ForwardModel:
         """A copy of the model with its sinograms on ``device`` (and of ``dtype``)."""
         def move(t):

@@ -87,3 +87,26 @@ def test_sinogram_rejects_bad_input(tmp_path, tiny):
         load_sinogram(tmp_path / "other.npz")
     with pytest.raises(ValueError, match="unknown geometry type 'Cone'"):
         from_dict({"type": "Cone"})
+
+
+def test_checkpoint_round_trip(tmp_path):
+    import torch
+
+    from pettk.io import load_checkpoint, save_checkpoint
+
+    net = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
+    path = save_checkpoint(tmp_path / "m.safetensors", net.state_dict(), {"widths": [4], "name": "tiny"})
+    state, config = load_checkpoint(path)
+    assert config == {"widths": [4], "name": "tiny"}
+    fresh = torch.nn.Sequential(torch.nn.Conv2d(1, 4, 3), torch.nn.ReLU(), torch.nn.Conv2d(4, 1, 1))
+    fresh.load_state_dict(state)
+    x = torch.rand(1, 1, 8, 8)
+    torch.testing.assert_close(fresh(x), net(x))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.json", "m.safetensors"]
+    with pytest.raises(ValueError, match="path must end in .safetensors"):
+        save_checkpoint(tmp_path / "m.pt", net.state_dict())
+    with pytest.raises(TypeError, match="state_dict must be a dict of tensors"):
+        save_checkpoint(tmp_path / "n.safetensors", {"a": 1})
+    with pytest.raises(TypeError):
+        save_checkpoint(tmp_path / "o.safetensors", net.state_dict(), {"bad": object()})
+    assert not (tmp_path / "o.safetensors").exists()

@@ -1,0 +1,161 @@
+"""Scan simulation: expected counts, Poisson prompts, randoms, scatter, and dose reduction.
+
+``simulate_scan`` follows ``METHODS.md`` §1.1: full-dose expected counts
+``ybar = m * P(psf(x)) + randoms + scatter`` scaled to a requested total, prompts
+``y_fd ~ Poisson(ybar)``; low-dose data come from **binomial thinning** ``y_ld ~ Binomial(y_fd,
+1/DRF)`` (:func:`thin`), the sinogram equivalent of list-mode subsampling, so low- and full-dose
+realisations are nested and ``y_ld`` is marginally ``Poisson(ybar / DRF)``.
+
+Fractions (of expected counts): ``randoms_fraction = R / (T + S + R)`` (of all prompts) and
+``scatter_fraction = S / (T + S)`` (the usual scatter fraction, of the true coincidences incl.
+scatter).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from ..background import randoms_sinogram, scatter_sinogram
+from ..physics import ForwardModel
+
+__all__ = ["Scan", "simulate_scan", "thin", "make_generator"]
+
+
+def make_generator(seed) -> torch.Generator:
+    """A CPU ``torch.Generator`` from an int seed, a generator (returned as is) or ``None`` (fresh)."""
+    if isinstance(seed, torch.Generator):
+        return seed
+    g = torch.Generator()
+    if seed is None:
+        g.seed()
+    else:
+        if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+            raise TypeError(f"seed must be a non-negative int, a torch.Generator or None, got {seed!r}")
+        g.manual_seed(int(seed))
+    return g
+
+
+@dataclass
+class Scan:
+    """A simulated scan (all tensors on the CPU, float64, shape ``model.shape_out``).
+
+    Attributes
+    ----------
+    prompts : measured counts ``y_fd ~ Poisson(expected)``
+    expected : ``ybar = trues + scatter + randoms``
+    trues, scatter, randoms : the expected components
+    model : ForwardModel
+        Maps the *activity image* to ``expected`` (its ``mult`` includes the counts scale, its
+        ``additive`` is ``scatter + randoms``): the model to reconstruct with.
+    counts_per_unit : float
+        The factor applied to the input model's linear part.
+    """
+
+    prompts: torch.Tensor
+    expected: torch.Tensor
+    trues: torch.Tensor
+    scatter: torch.Tensor
+    randoms: torch.Tensor
+    model: ForwardModel
+    counts_per_unit: float
+
+    def low_dose(self, drf: float, seed=None) -> tuple[torch.Tensor, ForwardModel]:
+        """Thinned prompts at dose-reduction factor ``drf`` and the matching model (mult and
+        background divided by ``drf``)."""
+        y_ld = thin(self.prompts, drf, seed)
+        model = self.model.with_background(self.model.additive / float(drf), scale=1.0 / float(drf))
+        return y_ld, model
+
+
+def simulate_scan(phantom, model: ForwardModel, total_counts: float, randoms_fraction: float = 0.0,
+                  scatter_fraction: float = 0.0, seed=None) -> Scan:
+    """Simulate a full-dose scan of ``phantom`` with ``model``.
+
+    Parameters
+    ----------
+    phantom : array, tensor, or an object with an ``activity`` attribute (e.g. a brain phantom)
+        Activity image of ``model.shape_in`` (>= 0).
+    model : ForwardModel
+        Geometry, PSF, normalisation and attenuation; it must have no additive term (randoms and
+        scatter are added here) and no view restriction.
+    total_counts : float
+        Expected prompts ``sum(ybar)``.
+    randoms_fraction, scatter_fraction : float
+        See the module docstring; each in [0, 1).
+    seed : int, torch.Generator or None
+        Seeds the Poisson draw.
+    """
+    if not isinstance(model, ForwardModel):
+        raise TypeError(f"model must be a ForwardModel, got {type(model).__name__}")
+    if model.additive is not None:
+        raise ValueError("model must have no additive term: simulate_scan adds randoms and scatter itself")
+    if model.projector.views is not None:
+        raise ValueError("model must cover all views (not a subset)")
+    activity = getattr(phantom, "activity", phantom)
+    if isinstance(activity, np.ndarray):
+        activity = torch.from_numpy(np.ascontiguousarray(activity))
+    if not isinstance(activity, torch.Tensor):
+        raise TypeError(f"phantom must be an array, a tensor or have an .activity array, got {type(phantom).__name__}")
+    activity = activity.to(torch.float64)
+    if tuple(activity.shape) != tuple(model.shape_in):
+        raise ValueError(f"the activity must have shape {tuple(model.shape_in)}, got {tuple(activity.shape)}")
+    if not bool(torch.isfinite(activity).all()) or bool((activity < 0).any()):
+        raise ValueError("the activity must be finite and >= 0")
+    total = float(total_counts)
+    if not np.isfinite(total) or total <= 0:
+        raise ValueError(f"total_counts must be a finite number > 0, got {total_counts!r}")
+    for name, frac in (("randoms_fraction", randoms_fraction), ("scatter_fraction", scatter_fraction)):
+        if not 0.0 <= float(frac) < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {frac!r}")
+    generator = make_generator(seed)
+
+    with torch.no_grad():
+        unit_trues = model.linear(activity)
+        unit_total = float(unit_trues.sum())
+        if unit_total <= 0:
+            raise ValueError("the phantom produces no true coincidences (empty image or no LOR crosses it)")
+        target_trues = (1.0 - scatter_fraction) * (1.0 - randoms_fraction) * total
+        scale = target_trues / unit_total
+        trues = unit_trues * scale
+        tof = model.projector.tof
+        if scatter_fraction > 0:
+            scatter = torch.as_tensor(scatter_sinogram(trues, scatter_fraction, tof_axis=tof is not None))
+        else:
+            scatter = torch.zeros_like(trues)
+        if randoms_fraction > 0:
+            randoms = randoms_sinogram(model.projector.geometry, randoms_fraction * total, tof=tof,
+                                       dtype=torch.float64)
+        else:
+            randoms = torch.zeros_like(trues)
+        expected = trues + scatter + randoms
+        prompts = torch.poisson(expected, generator=generator)
+    counts_model = model.with_background(scatter + randoms, scale=scale)
+    return Scan(prompts, expected, trues, scatter, randoms, counts_model, scale)
+
+
+def thin(counts, drf: float, seed=None):
+    """Binomial thinning ``Binomial(counts, 1 / drf)`` (dose reduction by a factor ``drf``).
+
+    ``counts`` are non-negative integers (any float/int dtype, numpy or torch); the result has the
+    same type, shape and dtype and never exceeds ``counts``.
+    """
+    drf = float(drf)
+    if not np.isfinite(drf) or drf < 1.0:
+        raise ValueError(f"drf must be a finite number >= 1, got {drf!r}")
+    is_numpy = isinstance(counts, np.ndarray)
+    if not isinstance(counts, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"counts must be a numpy array or a torch tensor, got {type(counts).__name__}")
+    c = torch.from_numpy(np.ascontiguousarray(counts)) if is_numpy else counts
+    cf = c.to(torch.float64)
+    if not bool(torch.isfinite(cf).all()) or bool((cf < 0).any()) or bool((cf != torch.round(cf)).any()):
+        raise ValueError("counts must be finite non-negative integers")
+    generator = make_generator(seed)
+    if drf == 1.0:
+        out = cf.clone()
+    else:
+        out = torch.binomial(cf.cpu(), torch.full_like(cf.cpu(), 1.0 / drf), generator=generator).to(cf.device)
+    out = out.to(c.dtype)
+    return out.numpy() if is_numpy else out
