@@ -1,0 +1,1 @@
+"""Diffusion machinery shared by the priors (networks, schedules, samplers, trainer)."""
