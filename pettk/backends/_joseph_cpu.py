@@ -142,24 +142,40 @@ def _endpoints(trans, axial, outer, n_t, lor):
 # 3D kernels
 # ---------------------------------------------------------------------------------------------
 @njit(cache=True, inline="always")
+def _corner3d(i, ca, sa, cb, sb, offset, sk, s_a, s_b):
+    """Flat index of the lower interpolation corner at plane ``i`` and the two weights."""
+    fa = ca + i * sa
+    fb = cb + i * sb
+    ia = int(math.floor(fa))
+    ib = int(math.floor(fb))
+    return offset + i * sk + ia * s_a + ib * s_b, fa - ia, fb - ib
+
+
+@njit(cache=True, inline="always")
+def _bilinear(img, base, s_a, s_b, wa, wb):
+    return ((1.0 - wa) * ((1.0 - wb) * img[base] + wb * img[base + s_b])
+            + wa * ((1.0 - wb) * img[base + s_a] + wb * img[base + s_a + s_b]))
+
+
+@njit(cache=True, inline="always")
+def _spread_bilinear(img, base, s_a, s_b, wa, wb, value):
+    va = value * (1.0 - wa)
+    vb = value * wa
+    img[base] += va * (1.0 - wb)
+    img[base + s_b] += va * wb
+    img[base + s_a] += vb * (1.0 - wb)
+    img[base + s_a + s_b] += vb * wb
+
+
+@njit(cache=True, inline="always")
 def _line_fwd3d(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1):
     k, a, b, lo, hi, ca, sa, cb, sb, weight, _, _ = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
     sk, s_a, s_b = strides[k], strides[a], strides[b]
     offset = PAD * (strides[0] + strides[1] + strides[2])
     acc = 0.0
     for i in range(lo, hi + 1):
-        fa = ca + i * sa
-        fb = cb + i * sb
-        ia = int(math.floor(fa))
-        ib = int(math.floor(fb))
-        wa = fa - ia
-        wb = fb - ib
-        base = offset + i * sk + ia * s_a + ib * s_b
-        v00 = img[base]
-        v01 = img[base + s_b]
-        v10 = img[base + s_a]
-        v11 = img[base + s_a + s_b]
-        acc += (1.0 - wa) * ((1.0 - wb) * v00 + wb * v01) + wa * ((1.0 - wb) * v10 + wb * v11)
+        base, wa, wb = _corner3d(i, ca, sa, cb, sb, offset, sk, s_a, s_b)
+        acc += _bilinear(img, base, s_a, s_b, wa, wb)
     return acc * weight
 
 
@@ -172,19 +188,8 @@ def _line_adj3d(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, value):
     if v == 0.0:
         return
     for i in range(lo, hi + 1):
-        fa = ca + i * sa
-        fb = cb + i * sb
-        ia = int(math.floor(fa))
-        ib = int(math.floor(fb))
-        wa = fa - ia
-        wb = fb - ib
-        base = offset + i * sk + ia * s_a + ib * s_b
-        va = v * (1.0 - wa)
-        vb = v * wa
-        img[base] += va * (1.0 - wb)
-        img[base + s_b] += va * wb
-        img[base + s_a] += vb * (1.0 - wb)
-        img[base + s_a + s_b] += vb * wb
+        base, wa, wb = _corner3d(i, ca, sa, cb, sb, offset, sk, s_a, s_b)
+        _spread_bilinear(img, base, s_a, s_b, wa, wb, v)
 
 
 @njit(parallel=True, cache=True)
@@ -282,12 +287,6 @@ def _tof_window(t, tof, n_bins):
 
 
 @njit(cache=True, inline="always")
-def _bilinear(img, base, s_a, s_b, wa, wb):
-    return ((1.0 - wa) * ((1.0 - wb) * img[base] + wb * img[base + s_b])
-            + wa * ((1.0 - wb) * img[base + s_a] + wb * img[base + s_a + s_b]))
-
-
-@njit(cache=True, inline="always")
 def _line_fwd3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, out_row):
     k, a, b, lo, hi, ca, sa, cb, sb, weight, tc, ts = _setup3d(shape, origin, vs, x0, y0, z0, x1, y1, z1)
     sk, s_a, s_b = strides[k], strides[a], strides[b]
@@ -295,11 +294,8 @@ def _line_fwd3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof
     n_bins = out_row.shape[0]
     inv = tof[5]
     for i in range(lo, hi + 1):
-        fa = ca + i * sa
-        fb = cb + i * sb
-        ia = int(math.floor(fa))
-        ib = int(math.floor(fb))
-        v = _bilinear(img, offset + i * sk + ia * s_a + ib * s_b, s_a, s_b, fa - ia, fb - ib)
+        base, wa, wb = _corner3d(i, ca, sa, cb, sb, offset, sk, s_a, s_b)
+        v = _bilinear(img, base, s_a, s_b, wa, wb)
         if v == 0.0:
             continue
         t = tc + i * ts
@@ -339,17 +335,8 @@ def _line_adj3d_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof
         g *= 0.5 * weight
         if g == 0.0:
             continue
-        fa = ca + i * sa
-        fb = cb + i * sb
-        ia = int(math.floor(fa))
-        ib = int(math.floor(fb))
-        wa = fa - ia
-        wb = fb - ib
-        base = offset + i * sk + ia * s_a + ib * s_b
-        img[base] += g * (1.0 - wa) * (1.0 - wb)
-        img[base + s_b] += g * (1.0 - wa) * wb
-        img[base + s_a] += g * wa * (1.0 - wb)
-        img[base + s_a + s_b] += g * wa * wb
+        base, wa, wb = _corner3d(i, ca, sa, cb, sb, offset, sk, s_a, s_b)
+        _spread_bilinear(img, base, s_a, s_b, wa, wb, g)
 
 
 @njit(cache=True, inline="always")
@@ -368,19 +355,9 @@ def _line_lm_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, n
         if bin_ < b_lo or bin_ > b_hi:
             continue
         w_tof = 0.5 * (math.erf((e_hi - t) * inv) - math.erf((e_lo - t) * inv))
-        fa = ca + i * sa
-        fb = cb + i * sb
-        ia = int(math.floor(fa))
-        ib = int(math.floor(fb))
-        wa = fa - ia
-        wb = fb - ib
-        base = offset + i * sk + ia * s_a + ib * s_b
+        base, wa, wb = _corner3d(i, ca, sa, cb, sb, offset, sk, s_a, s_b)
         if adjoint:
-            g = value * weight * w_tof
-            img[base] += g * (1.0 - wa) * (1.0 - wb)
-            img[base + s_b] += g * (1.0 - wa) * wb
-            img[base + s_a] += g * wa * (1.0 - wb)
-            img[base + s_a + s_b] += g * wa * wb
+            _spread_bilinear(img, base, s_a, s_b, wa, wb, value * weight * w_tof)
         else:
             acc += w_tof * _bilinear(img, base, s_a, s_b, wa, wb)
     return acc * weight
