@@ -99,6 +99,24 @@ def prepare(model, y, x0=None, mask=None, dtype=None) -> Problem:
     return Problem(model, y_t, x0_t.contiguous(), fov, numpy_out)
 
 
+@dataclass
+class SubsetData:
+    """A problem split over view subsets: the subset models, their data and sensitivities."""
+
+    models: list
+    data: list
+    sens: list
+
+
+def split_subsets(problem: Problem, n_subsets: int) -> SubsetData:
+    """Split ``problem.model`` into ``n_subsets`` interleaved view subsets with their data and
+    (cached) sensitivity images."""
+    models = problem.model.subsets(n_subsets)
+    dtype, device = problem.y.dtype, problem.y.device
+    return SubsetData(models, [m.projector.select(problem.y) for m in models],
+                      [m.sensitivity(dtype, device) for m in models])
+
+
 def check_iterations(n_iter, n_subsets=1) -> tuple[int, int]:
     return as_positive_int("n_iter", n_iter), as_positive_int("n_subsets", n_subsets)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 
 from ..backends.em_update import em_ratio, em_update
-from ._common import SENSITIVITY_FLOOR, ReconState, check_iterations, prepare, run
+from ._common import SENSITIVITY_FLOOR, ReconState, check_iterations, prepare, run, split_subsets
 
 __all__ = ["mlem", "mlem_iterates", "osem", "osem_iterates", "em_step"]
 
@@ -52,14 +52,11 @@ def osem_iterates(model, y, n_iter: int, n_subsets: int = 1, *, x0=None, mask=No
     """
     n_iter, n_subsets = check_iterations(n_iter, n_subsets)
     problem = prepare(model, y, x0, mask)
-    subsets = model.subsets(n_subsets)
-    dtype, device = problem.y.dtype, problem.y.device
-    data = [sub.projector.select(problem.y) for sub in subsets]
-    sens = [sub.sensitivity(dtype, device) for sub in subsets]
+    parts = split_subsets(problem, n_subsets)
     x = problem.x0
     for it in range(1, n_iter + 1):
-        for s, sub in enumerate(subsets):
-            x = em_step(sub, data[s], x, sens[s], problem.mask, fused)
+        for s, sub in enumerate(parts.models):
+            x = em_step(sub, parts.data[s], x, parts.sens[s], problem.mask, fused)
         yield ReconState(it, x, n_subsets - 1)
 
 

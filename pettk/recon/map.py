@@ -21,7 +21,7 @@ import torch
 
 from .._validation import as_positive_float
 from ..backends.em_update import em_ratio, em_update
-from ._common import SENSITIVITY_FLOOR, ReconState, check_iterations, prepare, run
+from ._common import SENSITIVITY_FLOOR, ReconState, check_iterations, prepare, run, split_subsets
 from .priors import Prior
 
 __all__ = ["osl_map", "osl_map_iterates", "bsrem", "bsrem_iterates", "map_objective"]
@@ -51,13 +51,11 @@ def osl_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int =
     beta = _check_prior(prior, beta)
     n_iter, n_subsets = check_iterations(n_iter, n_subsets)
     problem = prepare(model, y, x0, mask)
-    subsets = model.subsets(n_subsets)
-    dtype, device = problem.y.dtype, problem.y.device
-    data = [sub.projector.select(problem.y) for sub in subsets]
-    sens = [sub.sensitivity(dtype, device) for sub in subsets]
+    parts = split_subsets(problem, n_subsets)
+    data, sens = parts.data, parts.sens
     x = problem.x0
     for it in range(1, n_iter + 1):
-        for s, sub in enumerate(subsets):
+        for s, sub in enumerate(parts.models):
             back = sub.adjoint(em_ratio(data[s], sub.forward(x)))
             denominator = torch.maximum(sens[s] + (beta / n_subsets) * prior.gradient(x), 1e-3 * sens[s])
             x = em_update(x, back, denominator, problem.mask, SENSITIVITY_FLOOR * float(sens[s].max()), out=x)
@@ -83,10 +81,8 @@ def bsrem_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int = 1
     if not relaxation >= 0:
         raise ValueError(f"relaxation must be >= 0, got {relaxation!r}")
     problem = prepare(model, y, x0, mask)
-    subsets = model.subsets(n_subsets)
-    dtype, device = problem.y.dtype, problem.y.device
-    data = [sub.projector.select(problem.y) for sub in subsets]
-    sens = [sub.sensitivity(dtype, device) for sub in subsets]
+    parts = split_subsets(problem, n_subsets)
+    data, sens = parts.data, parts.sens
     keep = problem.mask
     x = problem.x0.clone()
     if delta is None:
@@ -95,7 +91,7 @@ def bsrem_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int = 1
     b = beta / n_subsets
     for k in range(n_iter):
         lam = step / (1.0 + relaxation * k)
-        for s, sub in enumerate(subsets):
+        for s, sub in enumerate(parts.models):
             ybar = sub.forward(x)
             grad = sub.adjoint(em_ratio(data[s], ybar)) - sens[s]
             if b > 0:
