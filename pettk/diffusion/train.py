@@ -164,7 +164,7 @@ def diffusion_loss(schedule, key: str = "x", prediction: str = "eps", cond_key: 
         if add_channel and x0.ndim == 3:
             x0 = x0.unsqueeze(1)
         n = x0.shape[0]
-        t = torch.randint(0, schedule.num_steps, (n,), generator=generator).to(x0.device)
+        t = torch.randint(0, schedule.T, (n,), generator=generator).to(x0.device)
         noise = torch.randn(x0.shape, generator=generator, dtype=x0.dtype).to(x0.device)
         x0, t, noise = x0[part], t[part], noise[part]
         x_t = schedule.q_sample(x0, t, noise)
