@@ -1,5 +1,22 @@
-"""Simulation: phantoms (and, later, scan simulation and data sets)."""
+"""Simulation: phantoms, scan simulation with dose reduction, and paired data sets."""
 
-from .phantoms import ellipse_phantom_2d, shepp_logan_2d
+from .phantoms import (
+    BrainPhantom,
+    ContrastPhantom,
+    brain_phantom,
+    ellipse_phantom_2d,
+    ellipsoid_phantom_3d,
+    from_label_maps,
+    hot_spheres,
+    nema_iq_phantom,
+    shepp_logan_2d,
+    shepp_logan_3d,
+    uniform_cylinder,
+)
+from .scan import Scan, simulate_scan, thin
 
-__all__ = ["ellipse_phantom_2d", "shepp_logan_2d"]
+__all__ = [
+    "BrainPhantom", "ContrastPhantom", "brain_phantom", "ellipse_phantom_2d", "ellipsoid_phantom_3d",
+    "from_label_maps", "hot_spheres", "nema_iq_phantom", "shepp_logan_2d", "shepp_logan_3d", "uniform_cylinder",
+    "Scan", "simulate_scan", "thin",
+]
