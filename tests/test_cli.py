@@ -6,6 +6,7 @@ import sys
 
 import matplotlib.image as mpimg
 import pytest
+import torch
 
 import pettk
 from pettk.cli import main
@@ -69,3 +70,33 @@ def test_recon_command_writes_nifti(tmp_path, algorithm):
 def test_recon_command_rejects_bad_output(tmp_path):
     with pytest.raises(SystemExit, match="--output must end in .nii or .nii.gz"):
         main(["recon", "s.npz", "-o", str(tmp_path / "x.png")])
+
+
+def test_simulate_then_train_diffusion(tmp_path):
+    import json
+
+    from pettk.diffusion.image_model import load_image_diffusion
+
+    data = tmp_path / "data"
+    assert main(["simulate", str(data), "--subjects", "3", "--slices", "2", "--size", "32", "--drf", "4",
+                 "--counts", "1e5", "--validation", "1", "--test", "1", "--no-progress"]) == 0
+    manifest = json.loads((data / "manifest.json").read_text())
+    assert len(manifest["subjects"]) == 3
+    config = tmp_path / "cfg.json"
+    config.write_text(json.dumps({"train": {"batch_size": 4, "checkpoint_every": 5}}))
+    out = tmp_path / "model"
+    assert main(["train", "diffusion", "--data", str(data), "--config", str(config), "--steps", "10",
+                 "--output", str(out), "--no-progress"]) == 0
+    model, schedule, cfg = load_image_diffusion(out / "model.safetensors")
+    assert cfg["train"]["steps"] == 10 and schedule.T == 200
+    x = torch.zeros(1, 1, 32, 32)
+    assert model(x, torch.tensor([5])).shape == (1, 1, 32, 32)
+    # resume with more steps continues from step 10
+    assert main(["train", "diffusion", "--data", str(data), "--config", str(config), "--steps", "12",
+                 "--output", str(out), "--resume", "--no-progress"]) == 0
+    meta = json.loads((out / "checkpoint.json").read_text())
+    assert meta["step"] == 12
+    bad = tmp_path / "bad.json"
+    bad.write_text(json.dumps({"trian": {}}))
+    with pytest.raises(SystemExit, match="unknown configuration key 'trian'"):
+        main(["train", "diffusion", "--data", str(data), "--config", str(bad), "--output", str(out)])

@@ -136,3 +136,39 @@ def test_ddp_two_processes_match_single_process(tmp_path):
     single.fit()
     for k, v in single.module.state_dict().items():
         torch.testing.assert_close(ddp_state[k], v, rtol=1e-5, atol=1e-6)
+
+
+def test_tiny_unet_learns_phantom_slices():
+    """A tiny U-Net trained for a few hundred steps on 32×32 brain slices: the loss halves and
+    DDIM samples have the data's mean intensity (within 20 %)."""
+    import pettk
+    from pettk.diffusion import image_model
+    from pettk.diffusion.samplers import ddim_sample
+    from pettk.sim.phantoms import brain_phantom
+
+    grid = pettk.ImageGrid((32, 32, 1), (8.0, 8.0, 2.0))
+    slices = []
+    for seed in range(12):
+        for z in (-20.0, 0.0, 20.0):
+            g = pettk.ImageGrid(grid.shape, grid.voxel_size_mm, origin_mm=grid.origin_mm[:2] + (z,))
+            slices.append(brain_phantom(g, seed=seed).activity[..., 0])
+    data = torch.tensor(np.stack(slices), dtype=torch.float32)
+    data = 2 * data / data.max() - 1  # [-1, 1]
+
+    class Slices(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(data)
+
+        def __getitem__(self, i):
+            return {"x": data[i].unsqueeze(0)}
+
+    config = image_model.merge_config(image_model.TINY, {"train": {"checkpoint_every": 0}})  # 400 steps
+    torch.manual_seed(0)
+    model, schedule, trainer = image_model.train_image_diffusion(config, None, dataset=Slices(), progress=False)
+    losses = trainer.history.loss
+    assert np.mean(losses[-50:]) < 0.5 * np.mean(losses[:10])
+    samples = ddim_sample(model, (16, 1, 32, 32), schedule, 50, eta=0.0, prediction=config["prediction"], clip=1.0,
+                          generator=torch.Generator().manual_seed(1))
+    mean_samples = float(((samples.clamp(-1, 1) + 1) / 2).mean())
+    mean_data = float(((data + 1) / 2).mean())
+    assert abs(mean_samples - mean_data) < 0.2 * mean_data

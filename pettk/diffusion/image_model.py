@@ -31,12 +31,15 @@ from .train import TrainConfig, Trainer, diffusion_loss
 __all__ = ["TINY", "FULL", "merge_config", "build_schedule", "train_image_diffusion", "load_image_diffusion",
            "FieldDataset"]
 
-#: Trains in about a minute on 2 CPU cores at 32×32 (the test and CI configuration).
+#: Trains in about 30 s on 2 CPU cores at 32×32 (the test and CI configuration). It predicts x0:
+#: after a few hundred steps an ε-predicting tiny model still leaves visible noise in its samples
+#: (its ε error at small t is large), while the x0 parameterisation already samples brain-like
+#: images with the data's mean intensity.
 TINY = {
     "unet": {"in_channels": 1, "out_channels": 1, "base_channels": 16, "channel_mults": [1, 2, 2],
              "num_res_blocks": 1, "attention_levels": [], "num_heads": 1, "dropout": 0.0},
     "schedule": {"kind": "cosine", "T": 200},
-    "prediction": "eps",
+    "prediction": "x0",
     "data": {"root": None, "field": "truth", "split": "train", "drf": None, "normalisation": "ddip",
              "cond_field": None},
     "train": {"steps": 400, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.99, "lr_schedule": "cosine",
