@@ -1,0 +1,136 @@
+"""The common interface of sinogram-domain restorers ("restorer then EM", DESIGN.md).
+
+A :class:`SinogramRestorer` maps a low-dose sinogram of raw counts to an estimate of the
+full-dose sinogram (``restore(y_low, drf) -> y_hat``); :func:`reconstruct` then turns any
+sinogram into an image with the slice's physics model (MLEM/OSEM by default, FBP for
+parallel-beam data), and :func:`dataset_forward_model` rebuilds that physics model for a slice
+of a data set made by :func:`pettk.sim.build_dataset`. RED (:mod:`.red`) and DREAM implement
+the interface.
+"""
+
+from __future__ import annotations
+
+import abc
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..geometry import ImageGrid, ParallelBeam2D, from_dict
+from ..physics import ForwardModel
+from ..projector import Projector
+from ..recon import fbp, mlem, osem
+
+__all__ = ["SinogramRestorer", "reconstruct", "dataset_forward_model", "RECON_METHODS"]
+
+RECON_METHODS = ("osem", "mlem", "fbp")
+
+
+class SinogramRestorer(abc.ABC):
+    """A low-dose → full-dose sinogram restorer.
+
+    Subclasses implement :meth:`restore`. ``drf`` is the dose-reduction factor of ``y_low``
+    (raw low-dose counts, ``(..., n_views, n_radial)``); the result estimates the full-dose
+    expected counts on the same scale as the full-dose prompts, same shape, device and array type.
+    """
+
+    #: Dose-reduction factor the restorer was trained for (``None``: any).
+    drf: float | None = None
+
+    @abc.abstractmethod
+    def restore(self, y_low, drf: float):
+        """Return ``y_hat`` (full-dose counts scale, >= 0) from low-dose counts ``y_low``."""
+
+    def __call__(self, y_low, drf: float):
+        return self.restore(y_low, drf)
+
+
+def _load_manifest(manifest) -> dict:
+    if isinstance(manifest, dict):
+        return manifest
+    path = Path(manifest)
+    if path.is_dir():
+        path = path / "manifest.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest must be a data set folder, a manifest.json or its dict; got {manifest!r}")
+    return json.loads(path.read_text())
+
+
+def dataset_forward_model(manifest, mult, additive) -> ForwardModel:
+    """The physics model of one slice of a :func:`pettk.sim.build_dataset` data set.
+
+    Parameters
+    ----------
+    manifest : dict or path
+        The data set's manifest (or its folder / ``manifest.json`` path).
+    mult, additive : array or tensor ``(n_views, n_radial)``
+        The slice's multiplicative factors (attenuation × counts scale) and expected
+        randoms + scatter (counts), as served by :class:`pettk.sim.SliceDataset`.
+
+    Returns
+    -------
+    ForwardModel
+        ``ybar = mult * P(psf(x)) + additive`` with the data set's PSF.
+    """
+    manifest = _load_manifest(manifest)
+    grid = from_dict(manifest["grid"])
+    geometry = from_dict(manifest["geometry"])
+    psf = manifest.get("config", {}).get("psf_fwhm_mm")
+    return ForwardModel(Projector(grid, geometry), psf=psf or None, normalisation=mult, additive=additive)
+
+
+def reconstruct(model: ForwardModel, y_hat, method: str = "osem", n_iter: int = 4, n_subsets: int = 8, *,
+                window: str = "hamming", progress: bool = False):
+    """Reconstruct a (restored) sinogram with the physics model.
+
+    Parameters
+    ----------
+    model : ForwardModel
+        The slice's model (see :func:`dataset_forward_model`).
+    y_hat : array or tensor ``(n_views, n_radial)`` (or the model's output shape)
+        Sinogram on the counts scale. Negative values are clipped at 0 before EM.
+    method : {"osem", "mlem", "fbp"}
+        EM (default, Poisson model with attenuation, PSF and background) or FBP (parallel beam
+        only; the sinogram is first corrected ``(y - additive) / mult`` where ``mult > 0``).
+    n_iter, n_subsets : int
+        EM iterations (epochs) and OSEM subsets.
+    window : str
+        FBP window (RED's released code used Hamming).
+
+    Returns
+    -------
+    image ``model.shape_in`` in ``y_hat``'s array type (activity per voxel).
+    """
+    if not isinstance(model, ForwardModel):
+        raise TypeError(f"model must be a ForwardModel, got {type(model).__name__}")
+    if method not in RECON_METHODS:
+        raise ValueError(f"method must be one of {', '.join(RECON_METHODS)}, got {method!r}")
+    is_numpy = isinstance(y_hat, np.ndarray)
+    if not isinstance(y_hat, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"y_hat must be a numpy array or a torch tensor, got {type(y_hat).__name__}")
+    y = torch.from_numpy(np.ascontiguousarray(y_hat)) if is_numpy else y_hat
+    if not y.is_floating_point():
+        y = y.to(torch.float32)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("y_hat contains non-finite values (NaN or inf)")
+    y = y.clamp_min(0)
+    if method == "fbp":
+        image = _fbp(model, y, window)
+    elif method == "osem":
+        image = osem(model, y, n_iter, n_subsets, progress=progress)
+    else:
+        image = mlem(model, y, n_iter, progress=progress)
+    return image.cpu().numpy() if is_numpy else image
+
+
+def _fbp(model: ForwardModel, y: torch.Tensor, window: str) -> torch.Tensor:
+    geometry, grid = model.projector.geometry, model.projector.grid
+    if not isinstance(geometry, ParallelBeam2D) or not isinstance(grid, ImageGrid):
+        raise ValueError("method='fbp' needs a 2D parallel-beam (ParallelBeam2D) model; use 'osem' or 'mlem'")
+    if model.additive is not None:
+        y = y - model.additive.to(y.device, y.dtype)
+    if model.mult is not None:
+        m = model.mult.to(y.device, y.dtype)
+        y = torch.where(m > 0, y / m.clamp_min(1e-12), torch.zeros_like(y))
+    return fbp(y, geometry, grid, window=window)
