@@ -159,10 +159,44 @@ def _read_config_file(path) -> dict:
     return json.loads(text)
 
 
+def _train_red(args: argparse.Namespace) -> int:
+    import time
+
+    from .priors.red import REDConfig, train_red
+
+    base = {"tiny": REDConfig.TINY, "gpu": REDConfig.GPU, "full": REDConfig.FULL}[args.preset]
+    override = _read_config_file(args.config) if args.config else {}
+    unknown = set(override) - set(base.to_dict())
+    if unknown:
+        raise SystemExit(f"pettk train red: unknown configuration keys {sorted(unknown)}")
+    changes = {k: v for k, v in override.items() if k != "net"}
+    if args.steps:
+        changes["ren_steps"] = args.steps
+        changes["dcn_steps"] = max(1, args.steps // 2)
+    if args.drf:
+        changes["drf"] = args.drf
+    try:
+        config = base.replace(**changes).validate()
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"pettk train red: {err}") from None
+    if not args.data:
+        raise SystemExit("pettk train red: --data must name a data set folder (built by `pettk simulate`)")
+    start = time.perf_counter()
+    train_red(config, args.data, out_dir=args.output, progress=not args.no_progress)
+    print(f"pettk train red: DRF {config.drf:g}, {config.ren_steps} REN + {config.dcn_steps} DCN steps in "
+          f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'red.safetensors'}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     import time
 
     from .diffusion import image_model
+
+    if args.kind == "red":
+        return _train_red(args)
+    if args.preset == "gpu":
+        raise SystemExit("pettk train diffusion: presets are 'tiny' and 'full'")
 
     base = image_model.TINY if args.preset == "tiny" else image_model.FULL
     override = _read_config_file(args.config) if args.config else {}
@@ -205,10 +239,12 @@ def build_parser() -> argparse.ArgumentParser:
     simp.add_argument("--no-progress", action="store_true")
     simp.set_defaults(func=_simulate)
 
-    tr = sub.add_parser("train", help="train a learned model (diffusion: an image diffusion model)")
-    tr.add_argument("kind", choices=("diffusion",), help="what to train")
+    tr = sub.add_parser("train", help="train a learned model (diffusion: an image diffusion model; red: RED)")
+    tr.add_argument("kind", choices=("diffusion", "red"), help="what to train")
     tr.add_argument("--output", "-o", required=True, help="output folder (checkpoints, model.safetensors)")
-    tr.add_argument("--preset", choices=("tiny", "full"), default="tiny", help="base configuration (default tiny)")
+    tr.add_argument("--preset", choices=("tiny", "gpu", "full"), default="tiny",
+                    help="base configuration (default tiny; gpu for red only)")
+    tr.add_argument("--drf", type=float, help="red: the dose-reduction factor of the model (default 20)")
     tr.add_argument("--config", help="JSON (or YAML) file overriding the preset")
     tr.add_argument("--data", help="data set folder built by `pettk simulate`")
     tr.add_argument("--steps", type=_positive_int, help="override the number of steps")

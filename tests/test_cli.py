@@ -100,3 +100,20 @@ def test_simulate_then_train_diffusion(tmp_path):
     bad.write_text(json.dumps({"trian": {}}))
     with pytest.raises(SystemExit, match="unknown configuration key 'trian'"):
         main(["train", "diffusion", "--data", str(data), "--config", str(bad), "--output", str(out)])
+
+
+def test_train_red_command(tmp_path):
+    from pettk.priors.red import RED
+
+    data = tmp_path / "data"
+    assert main(["simulate", str(data), "--subjects", "3", "--slices", "1", "--size", "32", "--geometry", "parallel",
+                 "--drf", "20", "--counts", "2e4", "--validation", "1", "--test", "1", "--no-progress"]) == 0
+    out = tmp_path / "red"
+    assert main(["train", "red", "--data", str(data), "--drf", "20", "--steps", "4", "--output", str(out),
+                 "--no-progress"]) == 0
+    red = RED.load(out / "red.safetensors")
+    assert red.config.drf == 20 and red.config.ren_steps == 4
+    with pytest.raises(SystemExit, match="unknown configuration keys"):
+        cfg = tmp_path / "bad.json"
+        cfg.write_text('{"nope": 1}')
+        main(["train", "red", "--data", str(data), "--config", str(cfg), "--output", str(out)])
