@@ -23,6 +23,7 @@ pretrained weights before :func:`inject_lora`.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable, Iterable, Iterator
 
 import torch
@@ -44,7 +45,7 @@ _SUPPORTED = (nn.Linear, nn.Conv1d, nn.Conv2d)
 _BIAS_SNAPSHOT = "_lora_bias_snapshot"
 
 
-class LoRALayer(nn.Module):
+class LoRALayer(nn.Module, metaclass=abc.ABCMeta):
     """Common part of the LoRA wrappers: frozen ``base`` + ``scaling · up(down(dropout(x)))``.
 
     Parameters
@@ -78,8 +79,9 @@ class LoRALayer(nn.Module):
         self.lora_down, self.lora_up = self._make_factors()
         self.reset_lora_parameters()
 
-    def _make_factors(self) -> tuple[nn.Module, nn.Module]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _make_factors(self) -> tuple[nn.Module, nn.Module]:
+        """The ``(down, up)`` factor modules for ``self.base`` and ``self.rank``."""
 
     @torch.no_grad()
     def reset_lora_parameters(self, generator: torch.Generator | None = None) -> None:
@@ -92,9 +94,9 @@ class LoRALayer(nn.Module):
             w.copy_(draw.to(w.device) / self.rank)
         nn.init.zeros_(self.lora_up.weight)
 
+    @abc.abstractmethod
     def delta_weight(self) -> torch.Tensor:
         """The dense update ``scaling · up ∘ down`` in the base weight's shape."""
-        raise NotImplementedError  # pragma: no cover
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.base(x) + self.scaling * self.lora_up(self.lora_down(self.dropout(x)))
