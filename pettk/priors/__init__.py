@@ -11,7 +11,7 @@ One interface per kind (DESIGN.md):
 :mod:`.base` holds the interface and the reconstruction helpers shared by the restorers.
 """
 
-from .base import RECON_METHODS, SinogramRestorer, dataset_forward_model, reconstruct
+from .base import RECON_METHODS, ImagePrior, SinogramRestorer, dataset_forward_model, reconstruct
 from .red import (
     RED,
     REDConfig,
@@ -27,7 +27,7 @@ from .red import (
 )
 
 __all__ = [
-    "RECON_METHODS", "SinogramRestorer", "dataset_forward_model", "reconstruct", "RED", "REDConfig",
+    "RECON_METHODS", "ImagePrior", "SinogramRestorer", "dataset_forward_model", "reconstruct", "RED", "REDConfig",
     "ResidualSchedule", "apply_net", "dcn_loss", "denormalise_red", "gaussian_ssim", "normalise_red", "red_sample",
     "ren_loss", "train_red",
 ]

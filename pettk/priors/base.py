@@ -6,6 +6,10 @@ sinogram into an image with the slice's physics model (MLEM/OSEM by default, FBP
 parallel-beam data), and :func:`dataset_forward_model` rebuilds that physics model for a slice
 of a data set made by :func:`pettk.sim.build_dataset`. RED (:mod:`.red`) and DREAM implement
 the interface.
+
+An :class:`ImagePrior` reconstructs an image directly from a measured sinogram and the physics
+model, with the learned prior inside the loop (DDIP, LegoPET):
+``prior.reconstruct(forward_model, y, mr=None, init=None) -> x``.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from ..physics import ForwardModel
 from ..projector import Projector
 from ..recon import fbp, mlem, osem
 
-__all__ = ["SinogramRestorer", "reconstruct", "dataset_forward_model", "RECON_METHODS"]
+__all__ = ["SinogramRestorer", "ImagePrior", "reconstruct", "dataset_forward_model", "RECON_METHODS"]
 
 RECON_METHODS = ("osem", "mlem", "fbp")
 
@@ -44,6 +48,26 @@ class SinogramRestorer(abc.ABC):
 
     def __call__(self, y_low, drf: float):
         return self.restore(y_low, drf)
+
+
+class ImagePrior(abc.ABC):
+    """A learned image prior that reconstructs from measured data (DDIP, LegoPET).
+
+    Subclasses implement :meth:`reconstruct`. ``forward_model`` is the
+    :class:`~pettk.physics.ForwardModel` of the measurement (for priors that only condition on
+    the sinogram it supplies the geometry and, optionally, data-consistency steps); ``y`` holds
+    the measured counts (``forward_model.shape_out``, numpy or torch). ``mr`` is an optional
+    anatomical image on the reconstruction grid, ``init`` an optional starting image (activity
+    per voxel). The result is an activity image of ``forward_model.shape_in`` in ``y``'s array
+    type.
+    """
+
+    @abc.abstractmethod
+    def reconstruct(self, forward_model: ForwardModel, y, *, mr=None, init=None):
+        """Return the reconstructed activity image."""
+
+    def __call__(self, forward_model: ForwardModel, y, **kwargs):
+        return self.reconstruct(forward_model, y, **kwargs)
 
 
 def _load_manifest(manifest) -> dict:
