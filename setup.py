@@ -22,7 +22,7 @@ setup(
     python_requires=">=3.10",
     packages=find_packages(include=["pettk", "pettk.*"]) + ["pettk.kernels"],
     package_dir={"pettk.kernels": "kernels"},
-    package_data={"pettk.kernels": ["*.cu", "*.cuh"]},
+    package_data={"pettk.kernels": ["*.cu", "*.cuh"], "pettk.models": ["*.safetensors", "*.json", "*.md"]},
     install_requires=[
         # torch: install the build you want first (CPU: pip install torch==2.13.0); any 2.1+ works.
         "torch>=2.1",

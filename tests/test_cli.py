@@ -25,8 +25,8 @@ def test_console_script_version():
     assert out.stdout.strip() == f"pettk {pettk.__version__}"
 
 
-def test_demo_writes_figure(tmp_path, capsys):
-    assert main(["demo", "--output", str(tmp_path / "out")]) == 0
+def test_projector_demo_writes_figure(tmp_path, capsys):
+    assert main(["demo", "--projector", "--output", str(tmp_path / "out")]) == 0
     png = tmp_path / "out" / "projector.png"
     image = mpimg.imread(png)
     assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 1000
@@ -117,3 +117,30 @@ def test_train_red_command(tmp_path):
         cfg = tmp_path / "bad.json"
         cfg.write_text('{"nope": 1}')
         main(["train", "red", "--data", str(data), "--config", str(cfg), "--output", str(out)])
+
+
+def test_evaluate_methods_match_the_cli():
+    from pettk.cli import EVALUATE_METHODS
+    from pettk.evaluation import METHODS
+
+    assert EVALUATE_METHODS == METHODS
+
+
+def test_evaluate_writes_tables_figure_and_nifti(tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert main(["evaluate", "-o", str(out), "--methods", "osem", "mlem", "--subjects", "2", "--slices", "1",
+                 "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "metrics.csv", "metrics.md", "nifti", "slices.csv"]
+    table = (out / "metrics.md").read_text()
+    assert "| OSEM + filter | 20 | fdg | 2 |" in table and "| MLEM | 20 | fdg | 2 |" in table
+    rows = (out / "slices.csv").read_text().splitlines()
+    assert rows[0] == "method,drf,tracer,subject,slice,psnr,ssim,nrmse,seconds" and len(rows) == 1 + 2 * 2
+    assert len(list((out / "nifti").glob("*.nii.gz"))) == 4
+    assert "OSEM + filter" in capsys.readouterr().out
+
+
+def test_evaluate_rejects_bad_checkpoint_spec(tmp_path):
+    with pytest.raises(SystemExit, match="METHOD=PATH"):
+        main(["evaluate", "-o", str(tmp_path), "--methods", "osem", "--checkpoint", "red"])
+    with pytest.raises(SystemExit, match="take no model"):
+        main(["evaluate", "-o", str(tmp_path), "--methods", "osem", "--checkpoint", "osem=x.safetensors"])
