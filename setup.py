@@ -36,7 +36,8 @@ setup(
     ],
     extras_require={
         "gpu": ["cupy-cuda12x>=13"],
-        "dev": ["pytest>=7.4", "pytest-benchmark>=4.0", "hypothesis>=6.80", "ruff>=0.4"],
+        "petsird": ["petsird>=0.12"],
+        "dev": ["pytest>=7.4", "pytest-benchmark>=4.0", "hypothesis>=6.80", "ruff>=0.4", "petsird>=0.12"],
     },
     entry_points={"console_scripts": ["pettk=pettk.cli:main"]},
     classifiers=[

@@ -3,12 +3,16 @@
 * :func:`save_nifti` / :func:`load_nifti` -- images with the affine of their grid.
 * :func:`save_sinogram` / :func:`load_sinogram` -- ``.npz`` sinograms with geometry metadata.
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- safetensors weights + JSON configuration.
+* :class:`PETSIRDFile`, :func:`reconstruct_petsird`, :func:`histogram_petsird` -- PETSIRD list-mode
+  raw data (needs the ``petsird`` package: ``pip install "pettk[petsird]"``).
 """
 
 from .atomic import atomic_path
 from .checkpoint import load_checkpoint, save_checkpoint
 from .nifti import load_nifti, save_nifti
+from .petsird import PETSIRDFile, PETSIRDFormatError, histogram_petsird, reconstruct_petsird
 from .sinogram import SinogramFile, load_sinogram, save_sinogram
 
 __all__ = ["atomic_path", "load_checkpoint", "save_checkpoint", "load_nifti", "save_nifti", "SinogramFile",
-           "load_sinogram", "save_sinogram"]
+           "load_sinogram", "save_sinogram", "PETSIRDFile", "PETSIRDFormatError", "histogram_petsird",
+           "reconstruct_petsird"]

@@ -23,6 +23,11 @@ def atomic_path(path, suffix: str | None = None):
     os.close(fd)
     try:
         yield Path(tmp)
+        # mkstemp creates 0600; give the file the permissions a plain open() would (0666 & ~umask)
+        umask = os.umask(0)
+        os.umask(umask)
+        with contextlib.suppress(FileNotFoundError):
+            os.chmod(tmp, 0o666 & ~umask)
         os.replace(tmp, target)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
