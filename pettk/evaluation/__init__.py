@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from ..metrics import nrmse, psnr, ssim
 from ..priors.base import dataset_forward_model
 from .data import HELD_OUT_SEED, EvalData, build_heldout
-from .methods import CLASSICAL, DEFAULT_MODELS, LEARNED, METHODS, Case, ClassicalSettings, make_runner
+from .methods import CLASSICAL, DEFAULT_MODELS, LEARNED, METHODS, TUNED, Case, ClassicalSettings, make_runner
 from .report import comparison_lines, summarise, write_figure, write_nifti_stack, write_rows_csv, write_summary
 
 __all__ = ["evaluate", "tune_classical", "load_method_model", "EvalData", "ClassicalSettings", "Case", "METHODS",
@@ -98,7 +98,8 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     checkpoints : dict, optional
         ``{method: shipped model name or checkpoint path}`` overriding :data:`DEFAULT_MODELS`.
     settings : ClassicalSettings or {drf: ClassicalSettings}, optional
-        Classical settings (default: :class:`ClassicalSettings`, tuned at DRF 20).
+        Classical settings (default: :data:`~pettk.evaluation.methods.TUNED` for the DRF, else
+        :class:`ClassicalSettings`).
     device : str or torch.device
     data_dir : path, optional
         Where to keep the simulated subjects (reused if it holds the same configuration);
@@ -117,8 +118,10 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     bad = [m for m in checkpoints if m not in LEARNED]
     if bad:
         raise ValueError(f"checkpoints given for {bad}, which take no model; learned methods are {', '.join(LEARNED)}")
-    if settings is None or isinstance(settings, ClassicalSettings):
-        per_drf = {float(d): (settings or ClassicalSettings()).validate() for d in data.drfs}
+    if settings is None:
+        per_drf = {float(d): TUNED.get(float(d), ClassicalSettings()).validate() for d in data.drfs}
+    elif isinstance(settings, ClassicalSettings):
+        per_drf = {float(d): settings.validate() for d in data.drfs}
     else:
         per_drf = {float(d): settings.get(float(d), ClassicalSettings()).validate() for d in data.drfs}
     device = torch.device(device)
