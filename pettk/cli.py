@@ -18,6 +18,8 @@
     or FBP and write a NIfTI image.
 ``pettk recon --petsird FILE --output IMAGE.nii.gz [--iterations 3 --subsets 10 ...]``
     Reconstruct a PETSIRD list-mode file with list-mode OSEM (TOF when the file has it).
+``pettk recon --cohort MANIFEST.csv --output DIR [--scheduler local|ADDRESS]``
+    Reconstruct every study of a cohort as independent Dask tasks (resumable, per-study failures).
 """
 
 from __future__ import annotations
@@ -164,10 +166,15 @@ def _recon_petsird(args: argparse.Namespace) -> int:
 def _recon(args: argparse.Namespace) -> int:
     import numpy as np
 
+    if getattr(args, "cohort", None):
+        if args.sinogram is not None or args.petsird:
+            raise SystemExit("pettk recon: --cohort takes its studies from the manifest; give no other input")
+        from .batch import cohort_main
+        return cohort_main(args)
     if args.petsird:
         return _recon_petsird(args)
     if args.sinogram is None:
-        raise SystemExit("pettk recon: give a sinogram file (.npz) or --petsird FILE")
+        raise SystemExit("pettk recon: give a sinogram file (.npz), --petsird FILE or --cohort MANIFEST.csv")
 
     from . import recon
     from .geometry import ParallelBeam2D
@@ -366,7 +373,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--energy-window", type=float, nargs=2, metavar=("LO", "HI"), help="petsird: keV window")
     rec.add_argument("--no-tof", action="store_true", help="petsird: ignore the TOF bins")
     rec.add_argument("--cache-dir", help="petsird: folder for the temporary event cache (default: system temp)")
-    rec.add_argument("--output", "-o", required=True, help="output image (.nii or .nii.gz)")
+    from .batch import add_cohort_arguments  # standard library only at import time
+
+    add_cohort_arguments(rec)
+    rec.add_argument("--output", "-o", required=True,
+                     help="output image (.nii or .nii.gz); with --cohort: the output folder")
     rec.add_argument("--algorithm", "-a", choices=ALGORITHMS, default="osem", help="default: osem")
     rec.add_argument("--iterations", "-n", type=_positive_int, default=4, help="iterations/epochs (default 4)")
     rec.add_argument("--subsets", "-s", type=_positive_int, default=8, help="view subsets (default 8; mlem: 1)")
