@@ -137,7 +137,8 @@ def test_constructor_errors(grid2d, beam2d, tiny):
         pettk.Projector(grid2d, tiny.layout)
     with pytest.raises(ValueError, match="geometry ParallelBeam2D has 2D points but the grid is 3D"):
         pettk.Projector(tiny.grid, beam2d)
-    with pytest.raises(ValueError, match="backend must be one of 'auto', 'cpu', 'reference', 'cuda', got 'gpu'"):
+    with pytest.raises(ValueError, match="backend must be one of 'auto', 'cpu', 'reference', 'cuda', 'parallelproj', "
+                                         "got 'gpu'"):
         pettk.Projector(grid2d, beam2d, backend="gpu")
     with pytest.raises(ValueError, match=r"half_length_mm=20 mm; pass ParallelBeam2D\(\.\.\., half_length_mm>=62\)"):
         pettk.Projector(grid2d, pettk.ParallelBeam2D(30, 61, 1.7, half_length_mm=20.0))

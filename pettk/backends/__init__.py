@@ -8,8 +8,9 @@ Backends
     plain vectorised torch (:mod:`pettk.backends.reference`), any device; the test oracle and the
     fallback.
 ``cuda``
-    CuPy kernels for CUDA tensors; until it is available, CUDA tensors fall back to ``reference``
-    with a one-time warning.
+    CuPy kernels (:mod:`pettk.backends.cuda`, sources in :mod:`pettk.kernels`), CUDA tensors,
+    float32/float64. ``"auto"`` picks it for CUDA tensors when CuPy is importable; without CuPy,
+    CUDA tensors fall back to ``reference`` with a one-time warning.
 
 :func:`resolve` maps a requested backend name and a tensor device to the module that runs it; a
 backend module exposes ``name``, ``supports(device)`` and a plan class.
@@ -23,23 +24,23 @@ import warnings
 
 import torch
 
-BACKEND_NAMES = ("auto", "cpu", "reference", "cuda")
+BACKEND_NAMES = ("auto", "cpu", "reference", "cuda", "parallelproj")
+_MODULE_NAMES = {"parallelproj": "parallelproj_backend"}  # backend name -> module, where they differ
 
 _warned_cuda_fallback = False
 
 
 def _module(name: str):
-    return importlib.import_module(f"{__name__}.{name}")
+    return importlib.import_module(f"{__name__}.{_MODULE_NAMES.get(name, name)}")
 
 
 @functools.cache
 def cuda_available() -> bool:
-    """True when the CuPy CUDA backend can be imported."""
-    try:
-        _module("cuda")
-    except ImportError:
-        return False
-    return True
+    """True when the CuPy CUDA backend can run: CuPy imports (the kernels ship with pettk).
+
+    :mod:`pettk.backends.cuda` itself always imports; it loads CuPy lazily.
+    """
+    return _module("cuda").cupy_available()
 
 
 def check_name(backend: str) -> str:
@@ -51,6 +52,9 @@ def check_name(backend: str) -> str:
     if backend == "cuda" and not cuda_available():
         raise ValueError("backend='cuda' needs CuPy and pettk's CUDA kernels (pip install 'pettk[gpu]'); "
                          "use backend='auto' or 'reference' on machines without them")
+    if backend == "parallelproj" and not _module("parallelproj").available():
+        pp = _module("parallelproj")
+        raise ValueError(f"{pp.INSTALL_HINT} ({pp.unavailable_reason()})")
     return backend
 
 

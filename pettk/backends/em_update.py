@@ -4,8 +4,9 @@ An EM iteration is ``x <- x * A^T(y / ybar) / sens``. The two element-wise steps
 projection run as single fused passes: :func:`em_ratio` (``y / ybar`` with safe division, no
 temporaries) and :func:`em_update` (multiply, divide by the sensitivity, zero outside the mask
 and where the sensitivity vanishes). CPU tensors use numba kernels (parallel, in place where
-asked); tensors elsewhere use the equivalent torch expression. The CUDA version lives in
-``kernels/em_update.cu``.
+asked); CUDA tensors use the CUDA kernels of ``kernels/em_update.cu`` (through CuPy, see
+:func:`pettk.backends.cuda.em_ratio`) when CuPy is importable; any other case (other devices,
+mixed devices or dtypes, broadcasting shapes) uses the equivalent torch expression.
 
 Safe division
 -------------
@@ -24,6 +25,17 @@ from numba import njit, prange
 #: Lower clamp of ybar in the ratio; the same value as ``pettk.likelihood.DEFAULT_EPS``.
 DEFAULT_EPS = 1e-8
 
+_FLOATS = (torch.float32, torch.float64)
+
+
+def _on_one_cuda_device(*tensors: torch.Tensor) -> bool:
+    """All tensors on the same CUDA device, and the CuPy kernels importable."""
+    device = tensors[0].device
+    if device.type != "cuda" or any(t.device != device for t in tensors[1:]):
+        return False
+    from . import cuda_available
+
+    return cuda_available()
 
 
 @njit(parallel=True, cache=True)
@@ -54,6 +66,10 @@ def em_ratio(y: torch.Tensor, ybar: torch.Tensor, eps: float = DEFAULT_EPS) -> t
         out = np.empty_like(bv)
         _ratio_kernel(yv, bv, float(eps), out)
         return torch.from_numpy(out).reshape(ybar.shape)
+    if ybar.dtype in _FLOATS and y.shape == ybar.shape and _on_one_cuda_device(y, ybar):
+        from . import cuda
+
+        return cuda.em_ratio(y, ybar, float(eps))
     return torch.where(y == 0, torch.zeros_like(ybar), y.to(ybar.dtype) / ybar.clamp_min(eps))
 
 
@@ -74,6 +90,13 @@ def em_update(x: torch.Tensor, back: torch.Tensor, sens: torch.Tensor, mask: tor
                        np.ascontiguousarray(mask.detach().numpy().reshape(-1)),
                        float(sens_floor), out.detach().numpy().reshape(-1))
         return out
+    if (x.dtype in _FLOATS and out.dtype == x.dtype and mask.dtype == torch.bool
+            and x.is_contiguous() and out.is_contiguous()
+            and all(t.numel() == x.numel() for t in (back, sens, mask, out))
+            and _on_one_cuda_device(x, back, sens, mask, out)):
+        from . import cuda
+
+        return cuda.em_update(x, back, sens, mask, float(sens_floor), out)
     keep = mask & (sens > sens_floor)
     out.copy_(torch.where(keep, x * back / torch.where(keep, sens, torch.ones_like(sens)), torch.zeros_like(x)))
     return out
