@@ -13,6 +13,8 @@
     Build a paired low-/full-dose 2D-slice data set of procedural brains (resumable).
 ``pettk train diffusion --output DIR [--preset tiny|full] [--config FILE.json|.yaml] [--data DIR]``
     Train an image diffusion model on a data set (resumable with ``--resume``).
+``pettk train red|dream|ddip|legopet --data DIR --output DIR [--preset tiny|gpu|full] [--config FILE.json]``
+    Train a prior (presets of METHODS.md; ``--config`` overrides, see each prior's ``from_json``).
 ``pettk recon SINOGRAM.npz --output IMAGE.nii.gz [--algorithm ...]``
     Reconstruct a pettk sinogram file (:mod:`pettk.io.sinogram`) with MLEM, OSEM, OSL-MAP, BSREM
     or FBP and write a NIfTI image.
@@ -279,6 +281,36 @@ def _train_red(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ``pettk train KIND``: module, configuration class, training function, checkpoint name.
+PRIOR_TRAINERS = {"dream": ("pettk.priors.dream", "DREAMConfig", "train_dream", "dream.safetensors"),
+                  "ddip": ("pettk.priors.ddip", "DDIPConfig", "train_ddip", "ddip.safetensors"),
+                  "legopet": ("pettk.priors.legopet", "LegoPETConfig", "train_legopet", "legopet.safetensors")}
+
+
+def _train_prior(args: argparse.Namespace) -> int:
+    import importlib
+    import time
+
+    module_name, config_name, train_name, file_name = PRIOR_TRAINERS[args.kind]
+    module = importlib.import_module(module_name)
+    config_cls = getattr(module, config_name)
+    if args.steps or args.drf or args.resume:
+        raise SystemExit(f"pettk train {args.kind}: set steps and DRF in --config (a JSON file); --steps, --drf "
+                         "and --resume are for diffusion/red")
+    try:
+        config = config_cls.from_json(args.config) if args.config else getattr(config_cls, args.preset.upper())
+        config = config.validate()
+    except (TypeError, ValueError, KeyError) as err:
+        raise SystemExit(f"pettk train {args.kind}: {err}") from None
+    if not args.data:
+        raise SystemExit(f"pettk train {args.kind}: --data must name a data set folder (built by `pettk simulate`)")
+    start = time.perf_counter()
+    model = getattr(module, train_name)(config, args.data, out_dir=args.output, progress=not args.no_progress)
+    path = model.save(Path(args.output) / file_name)
+    print(f"pettk train {args.kind}: {time.perf_counter() - start:.1f} s -> {path}")
+    return 0
+
+
 def _train(args: argparse.Namespace) -> int:
     import time
 
@@ -286,6 +318,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.kind == "red":
         return _train_red(args)
+    if args.kind in PRIOR_TRAINERS:
+        return _train_prior(args)
     if args.preset == "gpu":
         raise SystemExit("pettk train diffusion: presets are 'tiny' and 'full'")
 
@@ -351,8 +385,8 @@ def build_parser() -> argparse.ArgumentParser:
     simp.add_argument("--no-progress", action="store_true")
     simp.set_defaults(func=_simulate)
 
-    tr = sub.add_parser("train", help="train a learned model (diffusion: an image diffusion model; red: RED)")
-    tr.add_argument("kind", choices=("diffusion", "red"), help="what to train")
+    tr = sub.add_parser("train", help="train a learned model (an image diffusion model or a prior)")
+    tr.add_argument("kind", choices=("diffusion", "red", "dream", "ddip", "legopet"), help="what to train")
     tr.add_argument("--output", "-o", required=True, help="output folder (checkpoints, model.safetensors)")
     tr.add_argument("--preset", choices=("tiny", "gpu", "full"), default="tiny",
                     help="base configuration (default tiny; gpu for red only)")

@@ -144,3 +144,12 @@ def test_evaluate_rejects_bad_checkpoint_spec(tmp_path):
         main(["evaluate", "-o", str(tmp_path), "--methods", "osem", "--checkpoint", "red"])
     with pytest.raises(SystemExit, match="take no model"):
         main(["evaluate", "-o", str(tmp_path), "--methods", "osem", "--checkpoint", "osem=x.safetensors"])
+
+
+@pytest.mark.parametrize("kind", ["dream", "ddip", "legopet"])
+def test_train_prior_argument_errors(kind, tmp_path):
+    with pytest.raises(SystemExit, match="--data must name a data set"):
+        main(["train", kind, "-o", str(tmp_path)])
+    with pytest.raises(SystemExit, match="set steps and DRF in --config"):
+        main(["train", kind, "-o", str(tmp_path), "--steps", "5"])
+    assert not list(tmp_path.iterdir())

@@ -7,11 +7,23 @@ One interface per kind (DESIGN.md):
 
   - :mod:`.red`: RED, residual estimation diffusion (Ai et al., MedIA 2025): :class:`RED`,
     :class:`REDConfig` (``TINY``/``GPU``/``FULL``), :func:`train_red`.
+  - :mod:`.dream`: DREAM, diffusion transformer with random masks (Huang et al.): :class:`DREAM`,
+    :class:`DREAMConfig`, :func:`train_dream`.
+
+- image priors (:class:`ImagePrior`: ``reconstruct(forward_model, y, mr=None, init=None)``):
+
+  - :mod:`.ddip`: DDIP-PET, deep diffusion image prior with HQS (Hashimoto & Gong): :class:`DDIP`,
+    :class:`DDIPConfig`, :func:`train_ddip`.
+  - :mod:`.legopet`: LegoPET, feature-guided sinogram-conditioned diffusion (Sun & Mawlawi):
+    :class:`LegoPET`, :class:`LegoPETConfig`, :func:`train_legopet`.
 
 :mod:`.base` holds the interface and the reconstruction helpers shared by the restorers.
 """
 
 from .base import RECON_METHODS, ImagePrior, SinogramRestorer, dataset_forward_model, reconstruct
+from .ddip import DDIP, DDIPConfig, train_ddip
+from .dream import DREAM, DREAMConfig, train_dream
+from .legopet import LegoPET, LegoPETConfig, train_legopet
 from .red import (
     RED,
     REDConfig,
@@ -29,5 +41,6 @@ from .red import (
 __all__ = [
     "RECON_METHODS", "ImagePrior", "SinogramRestorer", "dataset_forward_model", "reconstruct", "RED", "REDConfig",
     "ResidualSchedule", "apply_net", "dcn_loss", "denormalise_red", "gaussian_ssim", "normalise_red", "red_sample",
-    "ren_loss", "train_red",
+    "ren_loss", "train_red", "DREAM", "DREAMConfig", "train_dream", "DDIP", "DDIPConfig", "train_ddip", "LegoPET",
+    "LegoPETConfig", "train_legopet",
 ]
