@@ -48,7 +48,7 @@ def _models(root: Path) -> tuple[LegoPET, LegoPET]:
 
 def _figure(lego: LegoPET, cdpm: LegoPET, root: Path, out: Path) -> None:
     ds = SliceDataset(root, "test", 4.0, "none")
-    item = ds[0]
+    item = max((ds[i] for i in range(len(ds))), key=lambda it: float(it["truth"].sum()))  # the largest slice
     y = item["full"] if lego.config.drf is None else item["low"] / lego.config.drf
     ref = item[lego.config.target].numpy()
     model = dataset_forward_model(ds.manifest, item["mult"], item["additive"])
@@ -71,8 +71,11 @@ def _figure(lego: LegoPET, cdpm: LegoPET, root: Path, out: Path) -> None:
         axes[0, col].set_title(f"{name}\nPSNR {psnr(x, ref):.2f} dB, SSIM {ssim(x, ref):.3f}", fontsize=9)
         axes[1, col].imshow(abs(x - ref).T, origin="lower", cmap="magma", vmin=0, vmax=0.5 * vmax)
         axes[1, col].set_title(f"|{name} − reference|", fontsize=9)
-    axes[1, 0].text(0.5, 0.5, f"{lego!r}".replace(", ", ",\n"), ha="center", va="center", fontsize=6,
-                    transform=axes[1, 0].transAxes)
+    cfg = lego.config
+    about = (f"canvas {cfg.canvas[0]}×{cfg.canvas[1]}\n{lego.trainable_parameters():,} trainable\nparameters "
+             f"(cDPM = LegoPET)\nT = {cfg.T}, {cfg.sampler.upper()} {cfg.sampling_steps} steps\n"
+             f"λ = {cfg.guidance_scale:g}, p_dp = {cfg.p_dp:g}")
+    axes[1, 0].text(0.5, 0.5, about, ha="center", va="center", fontsize=8, transform=axes[1, 0].transAxes)
     axes[1, 1].text(0.5, 0.5, "error maps:\n0 … ½ max(reference)", ha="center", va="center", fontsize=8,
                     transform=axes[1, 1].transAxes)
     for ax in axes.ravel():
