@@ -83,7 +83,10 @@ def _figure(lego: LegoPET, cdpm: LegoPET, root: Path, out: Path) -> None:
         ax.set_yticks([])
     for ax in axes[1, :2]:
         ax.axis("off")
-    mode = "PETTK_FAST (barely trained)" if FAST and not os.environ.get("PETTK_LEGOPET_MODEL") else "tiny"
+    if os.environ.get("PETTK_LEGOPET_MODEL"):
+        mode = "given models"
+    else:
+        mode = "PETTK_FAST: barely trained" if FAST else "LegoPETConfig.TINY"
     fig.suptitle(f"LegoPET vs its ablations on a held-out slice ({item['subject']}, slice {item['slice']}; {mode})")
     with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=90)

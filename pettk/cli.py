@@ -253,6 +253,7 @@ def _read_config_file(path) -> dict:
 
 
 def _train_red(args: argparse.Namespace) -> int:
+    import dataclasses
     import time
 
     from .priors.red import REDConfig, train_red
@@ -263,6 +264,19 @@ def _train_red(args: argparse.Namespace) -> int:
     if unknown:
         raise SystemExit(f"pettk train red: unknown configuration keys {sorted(unknown)}")
     changes = {k: v for k, v in override.items() if k != "net"}
+    if "net" in override:
+        net_override = override["net"]
+        if not isinstance(net_override, dict):
+            raise SystemExit("pettk train red: 'net' in --config must be an object of network settings")
+        net_fields = {f.name for f in dataclasses.fields(base.net)}
+        unknown_net = set(net_override) - net_fields
+        if unknown_net:
+            raise SystemExit(f"pettk train red: unknown network keys {sorted(unknown_net)}")
+        net_changes = {k: tuple(v) if isinstance(v, list) else v for k, v in net_override.items()}
+        try:
+            changes["net"] = base.net.replace(**net_changes)
+        except (TypeError, ValueError) as err:
+            raise SystemExit(f"pettk train red: {err}") from None
     if args.steps:
         changes["ren_steps"] = args.steps
         changes["dcn_steps"] = max(1, args.steps // 2)

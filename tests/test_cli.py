@@ -117,6 +117,16 @@ def test_train_red_command(tmp_path):
         cfg = tmp_path / "bad.json"
         cfg.write_text('{"nope": 1}')
         main(["train", "red", "--data", str(data), "--config", str(cfg), "--output", str(out)])
+    net_cfg = tmp_path / "net.json"
+    net_cfg.write_text('{"net": {"base_channels": 4, "channel_mults": [1, 2]}, "ren_steps": 2, "dcn_steps": 1}')
+    out2 = tmp_path / "red2"
+    assert main(["train", "red", "--data", str(data), "--config", str(net_cfg), "--output", str(out2),
+                 "--no-progress"]) == 0
+    red2 = RED.load(out2 / "red.safetensors")
+    assert (red2.config.net.base_channels, red2.config.net.channel_mults) == (4, (1, 2))
+    with pytest.raises(SystemExit, match="unknown network keys"):
+        net_cfg.write_text('{"net": {"widht": 4}}')
+        main(["train", "red", "--data", str(data), "--config", str(net_cfg), "--output", str(out2)])
 
 
 def test_evaluate_methods_match_the_cli():

@@ -151,6 +151,14 @@ def test_config_rejects_bad_types_and_unknown_fields():
         DDIPConfig.from_json(3)
 
 
+def test_config_partial_net_overrides_the_tiny_network():
+    cfg = DDIPConfig.from_dict({"net": {"image_size": [64, 64]}, "train_steps": 7})
+    assert cfg.net == DDIPConfig.TINY.net.replace(image_size=(64, 64))
+    assert cfg.conditional and cfg.train_steps == 7
+    with pytest.raises(ValueError, match="unknown DDIP net fields"):
+        DDIPConfig.from_dict({"net": {"widht": 3}})
+
+
 def test_slab_indices_replicate_edges():
     assert slab_indices(4, 3).tolist() == [[0, 0, 1], [0, 1, 2], [1, 2, 3], [2, 3, 3]]
     assert slab_indices(2, 1).tolist() == [[0], [1]]

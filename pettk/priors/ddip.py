@@ -259,7 +259,10 @@ class DDIPConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> DDIPConfig:
-        """Inverse of :meth:`to_dict`; missing fields take their defaults, unknown ones are refused."""
+        """Inverse of :meth:`to_dict`; missing fields take their defaults, unknown ones are refused.
+
+        ``"net"`` may be partial: its keys override :data:`~pettk.diffusion.nets.configs.DDIP_TINY`.
+        """
         if not isinstance(d, dict):
             raise TypeError(f"a DDIPConfig dict is required, got {type(d).__name__}")
         d = dict(d)
@@ -273,7 +276,10 @@ class DDIPConfig:
             for key in ("channel_mults", "attention_levels", "image_size"):
                 if key in net and net[key] is not None:
                     net[key] = tuple(net[key])
-            net = UNetConfig(**net)
+            unknown_net = set(net) - {f.name for f in dataclasses.fields(UNetConfig)}
+            if unknown_net:
+                raise ValueError(f"unknown DDIP net fields {sorted(unknown_net)}")
+            net = DDIP_TINY.replace(**net)  # a partial "net" overrides the tiny preset's network
         elif net is None:
             net = DDIP_TINY
         return cls(net=net, **d).validate()
