@@ -26,6 +26,7 @@ from pettk.priors.legopet import (
     pad_image,
     pnpnet_loss,
     train_legopet,
+    warm_start_cdpm,
 )
 from pettk.projector import Projector
 from pettk.sim.datasets import DatasetConfig, SliceDataset, build_dataset
@@ -174,6 +175,24 @@ def test_feature_guidance_adds_no_trainable_parameters():
     assert count_parameters(gpu.build_cdpm()) == 8_950_337  # nets/configs.py: 8.95 M
 
 
+def test_warm_started_cdpm_is_the_pnpnet_regression():
+    net = LegoPETConfig.TINY.net
+    torch.manual_seed(3)
+    pnpnet, cdpm = net.build_pnpnet().eval(), net.build_cdpm().eval()
+    before = count_parameters(cdpm)
+    assert warm_start_cdpm(cdpm, pnpnet) is cdpm and count_parameters(cdpm) == before
+    sino = torch.randn(3, 1, *net.image_size)
+    with torch.no_grad():
+        for x_t, t in ((torch.randn(3, 1, *net.image_size), torch.tensor([0, 40, 99])),
+                       (torch.zeros(3, 1, *net.image_size), torch.tensor([5, 5, 5]))):
+            torch.testing.assert_close(cdpm(x_t, t, cond=sino), pnpnet(sino), rtol=0, atol=0)
+    assert not torch.equal(cdpm.input_conv.weight[:, :1], cdpm.input_conv.weight[:, 1:])
+    with pytest.raises(ValueError, match="share a backbone"):
+        warm_start_cdpm(LegoPETConfig.TINY.replace(net=LEGOPET_TINY).net.build_cdpm(), pnpnet)
+    with pytest.raises(TypeError, match="two UNets"):
+        warm_start_cdpm(cdpm, "pnpnet")
+
+
 # ---------------------------------------------------------------------------------------------
 # Canvas: padding to 256 and back, resizing, normalisation
 # ---------------------------------------------------------------------------------------------
@@ -246,6 +265,7 @@ def test_config_json_roundtrip_and_presets(tmp_path):
     ({"sampler": "euler"}, ValueError, "sampler"),
     ({"sampling_steps": 200}, ValueError, "sampling_steps"),
     ({"target": "mr"}, ValueError, "target"),
+    ({"cdpm_init": "pretrained"}, ValueError, "cdpm_init"),
     ({"drf": 0.5}, ValueError, "drf"),
     ({"guidance_scale": -1.0}, ValueError, "guidance_scale"),
     ({"features": 1}, TypeError, "features"),

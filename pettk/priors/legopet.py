@@ -75,11 +75,12 @@ from .base import ImagePrior
 __all__ = [
     "LegoPETConfig", "LegoPET", "train_legopet", "haar_dwt2", "haar_idwt2", "dwt_loss", "pnpnet_loss", "cdpm_loss",
     "fit_sinogram", "pad_image", "crop_image", "normalise_image", "denormalise_image", "normalise_sinogram",
-    "count_parameters", "SAMPLERS", "TARGETS", "BETA_SCHEDULES",
+    "count_parameters", "warm_start_cdpm", "SAMPLERS", "TARGETS", "CDPM_INITS", "BETA_SCHEDULES",
 ]
 
 SAMPLERS = ("ddim", "ddpm")
 TARGETS = ("reference", "truth")
+CDPM_INITS = ("random", "pnpnet")
 BETA_SCHEDULES = ("linear", "cosine")
 _SINO_FLOOR = 1e-12
 
@@ -141,6 +142,12 @@ class LegoPETConfig:
         (0: plain EM started at ``x0_hat``).
     target : {"reference", "truth"}
         Training image: the data set's high-count OSEM reference (the paper) or the phantom.
+    cdpm_init : {"random", "pnpnet"}
+        Initialisation of the cDPM: random (the paper), or a warm start from the trained PnPNet
+        (pettk extension, :func:`warm_start_cdpm`): the shared backbone's weights are copied, the
+        ``x_t`` input channels and the time-embedding projections start at zero, so the untrained
+        cDPM (without injected features, x0 prediction) is the PnPNet's regression. It makes a
+        CPU-sized cDPM reach the PnPNet's accuracy in a few thousand steps.
     drf : float or None
         Input sinogram: the full-dose prompts (``None``) or the low-dose prompts at this DRF.
     pnpnet_steps, pnpnet_lr : PnPNet optimiser steps and learning rate.
@@ -168,6 +175,7 @@ class LegoPETConfig:
     dc_iterations: int = 0
     dc_weight: float = 0.0
     target: str = "truth"
+    cdpm_init: str = "random"
     drf: float | None = None
     pnpnet_steps: int = 400
     pnpnet_lr: float = 2e-3
@@ -217,6 +225,8 @@ class LegoPETConfig:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {self.sampler!r}")
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, got {self.target!r}")
+        if self.cdpm_init not in CDPM_INITS:
+            raise ValueError(f"cdpm_init must be one of {CDPM_INITS}, got {self.cdpm_init!r}")
         if not _is_real(self.p_dp) or not 0.0 <= float(self.p_dp) <= 1.0:
             raise ValueError(f"p_dp must be a number in [0, 1], got {self.p_dp!r}")
         if not _is_real(self.eta) or not 0.0 <= float(self.eta) <= 1.0:
@@ -978,6 +988,40 @@ def _split_pairs(config: LegoPETConfig, root, split: str = "train"):
     return _CanvasPairs(s.contiguous(), x.contiguous()), image_shape, sinogram_shape, image_max
 
 
+@torch.no_grad()
+def warm_start_cdpm(cdpm: UNet, pnpnet: UNet) -> UNet:
+    """Initialise ``cdpm`` from a trained ``pnpnet`` of the same backbone (in place; returns it).
+
+    Every weight the two networks share is copied; the input convolution's sinogram channels
+    take the PnPNet's input weights and its ``x_t`` channels start at zero; the time-embedding
+    projections of the residual blocks start at zero. The result, called without injected
+    features, returns ``pnpnet(sino)`` for any ``x_t`` and ``t``, so an x0-predicting cDPM starts
+    as the regression network and training only has to learn what the noisy image adds.
+    """
+    if not isinstance(cdpm, UNet) or not isinstance(pnpnet, UNet):
+        raise TypeError("warm_start_cdpm needs two UNets (the cDPM and the PnPNet)")
+    target, source = cdpm.state_dict(), pnpnet.state_dict()
+    missing = [k for k in source if k not in target]
+    if missing or cdpm.cond_channels != pnpnet.in_channels:
+        raise ValueError("the cDPM and the PnPNet do not share a backbone (build both from one LegoPETNetsConfig)")
+    new_state = {}
+    for key, value in target.items():
+        if key == "input_conv.weight":
+            weight = torch.zeros_like(value)
+            weight[:, cdpm.in_channels:] = source[key]
+            new_state[key] = weight
+        elif key in source:
+            if source[key].shape != value.shape:
+                raise ValueError(f"cannot warm-start {key}: shape {tuple(source[key].shape)} vs {tuple(value.shape)}")
+            new_state[key] = source[key].clone()
+        elif ".emb_proj." in key:
+            new_state[key] = torch.zeros_like(value)
+        else:
+            new_state[key] = value
+    cdpm.load_state_dict(new_state)
+    return cdpm
+
+
 def _pnpnet_from(pnpnet, config: LegoPETConfig) -> UNet:
     source = pnpnet.pnpnet if isinstance(pnpnet, LegoPET) else pnpnet
     if not isinstance(source, UNet):
@@ -1041,6 +1085,8 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
 
     torch.manual_seed(config.seed + 1)
     cdpm = config.net.build_cdpm().to(device)
+    if config.cdpm_init == "pnpnet":
+        warm_start_cdpm(cdpm, net_p)
     schedule = config.schedule().to(device)
     trainer = Trainer(cdpm, cdpm_loss(schedule, net_p, config.p_dp, config.prediction), pairs,
                       config.train_config("cdpm"), out_dir=None if out is None else out / "cdpm", device=device,
