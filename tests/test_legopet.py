@@ -175,18 +175,28 @@ def test_feature_guidance_adds_no_trainable_parameters():
     assert count_parameters(gpu.build_cdpm()) == 8_950_337  # nets/configs.py: 8.95 M
 
 
-def test_warm_started_cdpm_is_the_pnpnet_regression():
+def test_warm_start_copies_the_pnpnet_backbone_and_keeps_the_noise_path():
     net = LegoPETConfig.TINY.net
     torch.manual_seed(3)
     pnpnet, cdpm = net.build_pnpnet().eval(), net.build_cdpm().eval()
+    random_xt = cdpm.input_conv.weight[:, :1].clone()
     before = count_parameters(cdpm)
     assert warm_start_cdpm(cdpm, pnpnet) is cdpm and count_parameters(cdpm) == before
-    sino = torch.randn(3, 1, *net.image_size)
+    torch.testing.assert_close(cdpm.input_conv.weight[:, :1], random_xt, rtol=0, atol=0)
+    torch.testing.assert_close(cdpm.input_conv.weight[:, 1:], pnpnet.input_conv.weight, rtol=0, atol=0)
+    source = pnpnet.state_dict()
+    for key, value in cdpm.state_dict().items():
+        if key in source and key != "input_conv.weight":
+            assert torch.equal(value, source[key]), key
+    # with the noise and time paths switched off, the warm-started cDPM is the PnPNet itself
     with torch.no_grad():
-        for x_t, t in ((torch.randn(3, 1, *net.image_size), torch.tensor([0, 40, 99])),
-                       (torch.zeros(3, 1, *net.image_size), torch.tensor([5, 5, 5]))):
-            torch.testing.assert_close(cdpm(x_t, t, cond=sino), pnpnet(sino), rtol=0, atol=0)
-    assert not torch.equal(cdpm.input_conv.weight[:, :1], cdpm.input_conv.weight[:, 1:])
+        cdpm.input_conv.weight[:, :1] = 0
+        for name, param in cdpm.named_parameters():
+            if ".emb_proj." in name:
+                param.zero_()
+        sino = torch.randn(3, 1, *net.image_size)
+        out = cdpm(torch.randn(3, 1, *net.image_size), torch.tensor([0, 40, 99]), cond=sino)
+        torch.testing.assert_close(out, pnpnet(sino), rtol=0, atol=0)
     with pytest.raises(ValueError, match="share a backbone"):
         warm_start_cdpm(LegoPETConfig.TINY.replace(net=LEGOPET_TINY).net.build_cdpm(), pnpnet)
     with pytest.raises(TypeError, match="two UNets"):

@@ -143,11 +143,9 @@ class LegoPETConfig:
     target : {"reference", "truth"}
         Training image: the data set's high-count OSEM reference (the paper) or the phantom.
     cdpm_init : {"random", "pnpnet"}
-        Initialisation of the cDPM: random (the paper), or a warm start from the trained PnPNet
-        (pettk extension, :func:`warm_start_cdpm`): the shared backbone's weights are copied, the
-        ``x_t`` input channels and the time-embedding projections start at zero, so the untrained
-        cDPM (without injected features, x0 prediction) is the PnPNet's regression. It makes a
-        CPU-sized cDPM reach the PnPNet's accuracy in a few thousand steps.
+        Initialisation of the cDPM: random (the paper), or a warm start of the shared backbone
+        from the trained PnPNet (pettk extension, :func:`warm_start_cdpm`), which lets a CPU-sized
+        cDPM train in fewer steps.
     drf : float or None
         Input sinogram: the full-dose prompts (``None``) or the low-dose prompts at this DRF.
     pnpnet_steps, pnpnet_lr : PnPNet optimiser steps and learning rate.
@@ -990,13 +988,14 @@ def _split_pairs(config: LegoPETConfig, root, split: str = "train"):
 
 @torch.no_grad()
 def warm_start_cdpm(cdpm: UNet, pnpnet: UNet) -> UNet:
-    """Initialise ``cdpm`` from a trained ``pnpnet`` of the same backbone (in place; returns it).
+    """Initialise ``cdpm``'s backbone from a trained ``pnpnet`` of the same architecture (in place).
 
-    Every weight the two networks share is copied; the input convolution's sinogram channels
-    take the PnPNet's input weights and its ``x_t`` channels start at zero; the time-embedding
-    projections of the residual blocks start at zero. The result, called without injected
-    features, returns ``pnpnet(sino)`` for any ``x_t`` and ``t``, so an x0-predicting cDPM starts
-    as the regression network and training only has to learn what the noisy image adds.
+    Every weight the two networks share is copied, and the input convolution's sinogram
+    channels take the PnPNet's input weights. The paths the PnPNet does not have keep their
+    random initialisation: the input convolution's ``x_t`` channels and the time embedding with
+    its projections into the residual blocks. (Zeroing them too would make the cDPM start as
+    exactly the PnPNet, but measured on 64² brains that start never learns to use ``x_t``: the
+    model stays a deterministic regressor and its samples do not depend on the noise.)
     """
     if not isinstance(cdpm, UNet) or not isinstance(pnpnet, UNet):
         raise TypeError("warm_start_cdpm needs two UNets (the cDPM and the PnPNet)")
@@ -1004,20 +1003,16 @@ def warm_start_cdpm(cdpm: UNet, pnpnet: UNet) -> UNet:
     missing = [k for k in source if k not in target]
     if missing or cdpm.cond_channels != pnpnet.in_channels:
         raise ValueError("the cDPM and the PnPNet do not share a backbone (build both from one LegoPETNetsConfig)")
-    new_state = {}
-    for key, value in target.items():
+    new_state = dict(target)
+    for key, value in source.items():
         if key == "input_conv.weight":
-            weight = torch.zeros_like(value)
-            weight[:, cdpm.in_channels:] = source[key]
+            weight = target[key].clone()
+            weight[:, cdpm.in_channels:] = value
             new_state[key] = weight
-        elif key in source:
-            if source[key].shape != value.shape:
-                raise ValueError(f"cannot warm-start {key}: shape {tuple(source[key].shape)} vs {tuple(value.shape)}")
-            new_state[key] = source[key].clone()
-        elif ".emb_proj." in key:
-            new_state[key] = torch.zeros_like(value)
+        elif value.shape != target[key].shape:
+            raise ValueError(f"cannot warm-start {key}: shape {tuple(value.shape)} vs {tuple(target[key].shape)}")
         else:
-            new_state[key] = value
+            new_state[key] = value.clone()
     cdpm.load_state_dict(new_state)
     return cdpm
 
