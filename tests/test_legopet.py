@@ -323,6 +323,20 @@ def test_reconstruct_keeps_array_type_dtype_and_batch(untrained):
     assert dc.shape == IMAGE and np.all(np.isfinite(dc)) and np.all(dc >= 0)
 
 
+def test_n_samples_averages_independent_samples(untrained):
+    fm = _forward_model()
+    y = torch.from_numpy(np.random.default_rng(8).poisson(5.0, size=SINO)).float()
+    g = torch.Generator().manual_seed(11)
+    first, second = untrained.reconstruct(fm, y, generator=g), untrained.reconstruct(fm, y, generator=g)
+    assert not torch.allclose(first, second)
+    mean = untrained.reconstruct(fm, y, generator=torch.Generator().manual_seed(11), n_samples=2)
+    torch.testing.assert_close(mean, (first + second) / 2)
+    with pytest.raises(ValueError, match="n_samples"):
+        untrained.reconstruct(fm, y, n_samples=0)
+    with pytest.raises(ValueError, match="n_samples"):
+        LegoPETConfig.TINY.replace(n_samples=0).validate()
+
+
 def test_reconstruct_rejects_bad_input(untrained):
     fm = _forward_model()
     y = torch.ones(SINO)

@@ -140,6 +140,10 @@ class LegoPETConfig:
         Anchor weight of those EM iterations, relative: ``beta = dc_weight · mean(sens) /
         mean(x0_hat activity)`` in :func:`~pettk.diffusion.posterior.penalised_em_step`
         (0: plain EM started at ``x0_hat``).
+    n_samples : int >= 1
+        Samples averaged per reconstruction (1: one posterior sample, the paper). More give a
+        Monte Carlo estimate of the posterior mean (pettk extension): lower error, less texture,
+        ``n_samples`` times the cost.
     target : {"reference", "truth"}
         Training image: the data set's high-count OSEM reference (the paper) or the phantom.
     cdpm_init : {"random", "pnpnet"}
@@ -172,6 +176,7 @@ class LegoPETConfig:
     clip_denoised: bool = True
     dc_iterations: int = 0
     dc_weight: float = 0.0
+    n_samples: int = 1
     target: str = "truth"
     cdpm_init: str = "random"
     drf: float | None = None
@@ -207,7 +212,7 @@ class LegoPETConfig:
                              f"must be 1, got {self.net.image_channels} and {self.net.sino_channels}")
         if not isinstance(self.features, bool):
             raise TypeError(f"features must be a bool, got {self.features!r}")
-        for name in ("T", "sampling_steps", "batch_size", "pnpnet_steps", "cdpm_steps"):
+        for name in ("T", "sampling_steps", "batch_size", "pnpnet_steps", "cdpm_steps", "n_samples"):
             v = getattr(self, name)
             if not _is_int(v) or v < (0 if name == "pnpnet_steps" else 1):
                 raise ValueError(f"{name} must be an int >= {0 if name == 'pnpnet_steps' else 1}, got {v!r}")
@@ -825,7 +830,7 @@ class LegoPET(ImagePrior):
     def reconstruct(self, forward_model: ForwardModel, y, *, mr=None, init=None, guidance_scale: float | None = None,
                     sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                     dc_iterations: int | None = None, dc_weight: float | None = None, t_start: int | None = None,
-                    generator=None, chunk_size: int = 16, progress: bool = False):
+                    n_samples: int | None = None, generator=None, chunk_size: int = 16, progress: bool = False):
         """Sample the image of measured counts ``y`` (LegoPET or, if ``features=False``, the plain cDPM).
 
         Parameters
@@ -850,6 +855,8 @@ class LegoPET(ImagePrior):
             describe ``y``'s count level (e.g. ``mult / DRF`` for low-dose data).
         t_start : int, optional
             First time step (default ``T - 1``, or ``T // 5`` when ``init`` is given).
+        n_samples : int, optional
+            Independent samples averaged per sinogram (default ``config.n_samples``).
         generator : torch.Generator or int, optional
             Randomness of the sampler (default: seeded with ``config.seed``, so calls repeat).
         chunk_size : int
@@ -872,6 +879,9 @@ class LegoPET(ImagePrior):
             raise ValueError(f"dc_weight must be a finite number >= 0, got {dc_weight!r}")
         if not _is_int(chunk_size) or chunk_size < 1:
             raise ValueError(f"chunk_size must be an int >= 1, got {chunk_size!r}")
+        n_samples = cfg.n_samples if n_samples is None else n_samples
+        if not _is_int(n_samples) or n_samples < 1:
+            raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
         batch_shape = t_y.shape[:-2]
         flat = t_y.reshape((-1,) + self.sinogram_shape).to(torch.float32)
         if init is not None:
@@ -886,17 +896,21 @@ class LegoPET(ImagePrior):
         for start in tqdm(starts, desc="LegoPET", disable=not progress or len(starts) < 2, leave=False):
             y_chunk = flat[start:start + chunk_size]
             sino = self.sinogram_canvas(y_chunk)
-            x_T = None
-            if init is not None:
-                x0 = pad_image(normalise_image(init_t[start:start + chunk_size], self.image_max), cfg.canvas)
-                x0 = x0.unsqueeze(1).clamp(-1.0, 1.0)
-                x_T = self.schedule.q_sample(x0, int(t_start), randn(x0.shape, g, x0))
             data_step = None
             if dc_iterations > 0:
                 data_step = self._data_step(forward_model, y_chunk, int(dc_iterations), float(dc_weight))
-            x = self.sample(sino, sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta, generator=g,
-                            x_T=x_T, t_start=t_start, data_step=data_step, progress=progress)
-            outs.append(denormalise_image(crop_image(x[:, 0], self.image_shape), self.image_max))
+            total = None
+            for _ in range(int(n_samples)):
+                x_T = None
+                if init is not None:
+                    x0 = pad_image(normalise_image(init_t[start:start + chunk_size], self.image_max), cfg.canvas)
+                    x0 = x0.unsqueeze(1).clamp(-1.0, 1.0)
+                    x_T = self.schedule.q_sample(x0, int(t_start), randn(x0.shape, g, x0))
+                x = self.sample(sino, sampler=sampler, steps=steps, guidance_scale=guidance_scale, eta=eta,
+                                generator=g, x_T=x_T, t_start=t_start, data_step=data_step, progress=progress)
+                image = denormalise_image(crop_image(x[:, 0], self.image_shape), self.image_max)
+                total = image if total is None else total + image
+            outs.append(total / int(n_samples))
         return self._out(torch.cat(outs), batch_shape, self.image_shape, out_dtype, is_numpy)
 
     @torch.no_grad()
