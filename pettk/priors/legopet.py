@@ -1044,7 +1044,7 @@ def _pnpnet_from(pnpnet, config: LegoPETConfig) -> UNet:
 
 
 def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: bool = False, device=None, *,
-                  pnpnet=None) -> LegoPET:
+                  pnpnet=None, resume: bool = False) -> LegoPET:
     """Train LegoPET (PnPNet, then the feature-guided cDPM) or, with ``features=False``, the plain cDPM.
 
     Parameters
@@ -1062,6 +1062,9 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     pnpnet : LegoPET or UNet, optional
         A trained PnPNet to reuse (its stage is skipped), e.g. to train LegoPET and its ablations
         on one PnPNet.
+    resume : bool
+        Continue each stage from its checkpoint in ``out_dir`` (a finished stage is not rerun; a
+        larger ``pnpnet_steps`` / ``cdpm_steps`` than before trains on from where it stopped).
 
     Returns
     -------
@@ -1071,6 +1074,8 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     if not isinstance(config, LegoPETConfig):
         raise TypeError(f"config must be a LegoPETConfig, got {type(config).__name__}")
     config = config.validate()
+    if resume and out_dir is None:
+        raise ValueError("resume=True needs an out_dir")
     pairs, image_shape, sinogram_shape, image_max = _split_pairs(config, dataset_root)
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = None if out_dir is None else Path(out_dir)
@@ -1087,7 +1092,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
             trainer = Trainer(net_p, pnpnet_loss(config.dwt_weight), pairs, config.train_config("pnpnet"),
                               out_dir=None if out is None else out / "pnpnet", device=device, model_config=meta,
                               progress=progress)
-            trainer.fit()
+            trainer.fit(resume=resume)
             net_p = trainer.averaged_model()
             history["pnpnet_loss"] = list(trainer.history.loss)
         net_p = LegoPET._frozen(net_p)
@@ -1100,7 +1105,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     trainer = Trainer(cdpm, cdpm_loss(schedule, net_p, config.p_dp, config.prediction), pairs,
                       config.train_config("cdpm"), out_dir=None if out is None else out / "cdpm", device=device,
                       model_config=meta, progress=progress)
-    trainer.fit()
+    trainer.fit(resume=resume)
     history["cdpm_loss"] = list(trainer.history.loss)
     cdpm = trainer.averaged_model().eval()
     model = LegoPET(config, image_shape, sinogram_shape, image_max, net_p, cdpm)
