@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import abc
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ from ..physics import ForwardModel
 from ..projector import Projector
 from ..recon import fbp, mlem, osem
 
-__all__ = ["SinogramRestorer", "ImagePrior", "reconstruct", "dataset_forward_model", "RECON_METHODS"]
+__all__ = ["SinogramRestorer", "ImagePrior", "reconstruct", "dataset_forward_model", "check_low_dose_counts",
+           "RECON_METHODS"]
 
 RECON_METHODS = ("osem", "mlem", "fbp")
 
@@ -68,6 +70,32 @@ class ImagePrior(abc.ABC):
 
     def __call__(self, forward_model: ForwardModel, y, **kwargs):
         return self.reconstruct(forward_model, y, **kwargs)
+
+
+def check_low_dose_counts(y_low, drf, model_drf: float, sinogram_shape: tuple, model_name: str) -> torch.Tensor:
+    """Validate a restorer's input before any work: ``y_low`` as a tensor (numpy shared, not copied).
+
+    ``y_low`` must be a numpy array or tensor of real, finite, non-negative counts shaped
+    ``(..., n_views, n_radial) == (..., *sinogram_shape)``; ``drf`` a number equal to the model's
+    (one model per DRF). Raises ``TypeError`` / ``ValueError`` naming ``model_name``.
+    """
+    if not isinstance(y_low, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"y_low must be a numpy array or a torch tensor, got {type(y_low).__name__}")
+    if isinstance(drf, bool) or not isinstance(drf, (int, float, np.integer, np.floating)):
+        raise TypeError(f"drf must be a number, got {type(drf).__name__}")
+    if not math.isclose(float(drf), model_drf, rel_tol=1e-6):
+        raise ValueError(f"drf={drf!r} does not match this {model_name} model's DRF {model_drf:g} (one model per DRF)")
+    y = torch.from_numpy(np.ascontiguousarray(y_low)) if isinstance(y_low, np.ndarray) else y_low
+    if y.dtype == torch.bool or y.is_complex():
+        raise TypeError(f"y_low must hold real counts, got dtype {y.dtype}")
+    if y.ndim < 2 or tuple(y.shape[-2:]) != tuple(sinogram_shape):
+        raise ValueError(f"y_low must have shape (..., {sinogram_shape[0]}, {sinogram_shape[1]}) "
+                         f"(n_views, n_radial), got {tuple(y.shape)}")
+    if y.is_floating_point() and not bool(torch.isfinite(y).all()):
+        raise ValueError("y_low contains non-finite values (NaN or inf)")
+    if bool((y < 0).any()):
+        raise ValueError(f"y_low must be non-negative counts, got a minimum of {float(y.min()):g}")
+    return y
 
 
 def _load_manifest(manifest) -> dict:

@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from ..diffusion.nets import RED_FULL, RED_GPU, RED_TINY, ConvNeXtUNet, ConvNeXtUNetConfig
 from ..diffusion.train import TrainConfig, Trainer
 from ..io.checkpoint import load_checkpoint, save_checkpoint
-from .base import SinogramRestorer
+from .base import SinogramRestorer, check_low_dose_counts
 
 __all__ = ["REDConfig", "ResidualSchedule", "RED", "train_red", "ren_loss", "dcn_loss", "red_sample", "apply_net",
            "gaussian_ssim", "normalise_red", "denormalise_red", "RED_SCALE_FLOOR"]
@@ -404,23 +404,7 @@ class RED(SinogramRestorer):
 
     # -- the SinogramRestorer interface ----------------------------------------------------------------
     def _check(self, y_low, drf) -> torch.Tensor:
-        if not isinstance(y_low, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"y_low must be a numpy array or a torch tensor, got {type(y_low).__name__}")
-        if isinstance(drf, bool) or not isinstance(drf, (int, float, np.integer, np.floating)):
-            raise TypeError(f"drf must be a number, got {type(drf).__name__}")
-        if not math.isclose(float(drf), self.drf, rel_tol=1e-6):
-            raise ValueError(f"drf={drf!r} does not match this RED model's DRF {self.drf:g} (one model per DRF)")
-        y = torch.from_numpy(np.ascontiguousarray(y_low)) if isinstance(y_low, np.ndarray) else y_low
-        if y.dtype == torch.bool or y.is_complex():
-            raise TypeError(f"y_low must hold real counts, got dtype {y.dtype}")
-        if y.ndim < 2 or tuple(y.shape[-2:]) != self.sinogram_shape:
-            raise ValueError(f"y_low must have shape (..., {self.sinogram_shape[0]}, {self.sinogram_shape[1]}) "
-                             f"(n_views, n_radial), got {tuple(y.shape)}")
-        if y.is_floating_point() and not bool(torch.isfinite(y).all()):
-            raise ValueError("y_low contains non-finite values (NaN or inf)")
-        if bool((y < 0).any()):
-            raise ValueError(f"y_low must be non-negative counts, got a minimum of {float(y.min()):g}")
-        return y
+        return check_low_dose_counts(y_low, drf, self.drf, self.sinogram_shape, "RED")
 
     @torch.no_grad()
     def restore(self, y_low, drf: float, *, use_dcn: bool = True, steps: int | None = None,
