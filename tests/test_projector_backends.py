@@ -65,3 +65,30 @@ def test_cpu_adjoint_independent_of_thread_count(tiny, rng):
     finally:
         numba.set_num_threads(n)
     np.testing.assert_allclose(full, single, rtol=1e-12)
+
+
+def test_numba_kernels_leave_torch_thread_count_alone():
+    """numba's threading layer shares torch's OpenMP runtime and, when it starts (the first
+    parallel kernel of a process), sets the runtime's thread count to its own; the backend
+    restores torch's. Checked in a fresh process, where that first launch happens."""
+    import subprocess
+    import sys
+
+    script = (
+        "import torch, pettk\n"
+        "from pettk.backends.em_update import em_ratio, em_update\n"
+        "torch.set_num_threads(1)\n"
+        "grid = pettk.ImageGrid((24, 24), (2.0, 2.0))\n"
+        "P = pettk.Projector(grid, pettk.ParallelBeam2D(12, 30, 2.0), backend='cpu')\n"
+        "x = torch.rand(grid.shape)\n"
+        "assert torch.get_num_threads() == 1 and float((x @ x).sum()) > 0\n"  # torch's pool is up first
+        "y = P(x); a = torch.get_num_threads()\n"
+        "back = P.adjoint(em_ratio(y + 1, y + 0.5)); b = torch.get_num_threads()\n"
+        "em_update(x, back, torch.ones_like(x), torch.ones_like(x, dtype=torch.bool)); c = torch.get_num_threads()\n"
+        "print(a, b, c)\n"
+    )
+    env = {k: v for k, v in __import__("os").environ.items() if k not in ("OMP_NUM_THREADS", "NUMBA_NUM_THREADS")}
+    env["NUMBA_NUM_THREADS"] = "2"
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["1", "1", "1"]

@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import _joseph_cpu as K
+from ._threads import keep_torch_threads
 
 name = "cpu"
 
@@ -56,6 +57,7 @@ class CPUPlan:
         self._kernel_shape = tuple(int(n) for n in self._shape)
         self._strides = K.padded_strides(self._kernel_shape)
 
+    @keep_torch_threads
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x``: CPU tensor of the grid's shape -> flat CPU tensor ``(n_out,)`` of the same dtype."""
         img = K.pad_image(x.detach().numpy().reshape(self._kernel_shape))
@@ -74,6 +76,7 @@ class CPUPlan:
             K.forward3d_tof(*args, self._outer, self._tof, out)
         return torch.from_numpy(out.reshape(-1))
 
+    @keep_torch_threads
     def adjoint(self, y: torch.Tensor) -> torch.Tensor:
         """``y``: flat CPU tensor ``(n_out,)`` -> CPU tensor of the grid's shape, same dtype."""
         yv = np.ascontiguousarray(y.detach().numpy())

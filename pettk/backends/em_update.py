@@ -22,6 +22,8 @@ import numpy as np
 import torch
 from numba import njit, prange
 
+from ._threads import keep_torch_threads
+
 #: Lower clamp of ybar in the ratio; the same value as ``pettk.likelihood.DEFAULT_EPS``.
 DEFAULT_EPS = 1e-8
 
@@ -58,6 +60,7 @@ def _update_kernel(x, back, sens, mask, sens_floor, out):
             out[i] = 0.0
 
 
+@keep_torch_threads
 def em_ratio(y: torch.Tensor, ybar: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
     """``y / max(ybar, eps)``, 0 where ``y == 0``; a new tensor of ``ybar``'s dtype."""
     if y.device.type == "cpu" and ybar.device.type == "cpu":
@@ -73,6 +76,7 @@ def em_ratio(y: torch.Tensor, ybar: torch.Tensor, eps: float = DEFAULT_EPS) -> t
     return torch.where(y == 0, torch.zeros_like(ybar), y.to(ybar.dtype) / ybar.clamp_min(eps))
 
 
+@keep_torch_threads
 def em_update(x: torch.Tensor, back: torch.Tensor, sens: torch.Tensor, mask: torch.Tensor,
               sens_floor: float = 0.0, out: torch.Tensor | None = None) -> torch.Tensor:
     """``x * back / sens`` inside ``mask`` where ``sens > sens_floor``, else 0.
