@@ -15,6 +15,7 @@
     Train an image diffusion model on a data set (resumable with ``--resume``).
 ``pettk train red|dream|ddip|legopet --data DIR --output DIR [--preset tiny|gpu|full] [--config FILE.json]``
     Train a prior (presets of METHODS.md; ``--config`` overrides, see each prior's ``from_json``).
+    Every ``pettk train`` runs on ``--device`` (default: CUDA when torch sees a GPU, else the CPU).
 ``pettk recon SINOGRAM.npz --output IMAGE.nii.gz [--algorithm ...]``
     Reconstruct a pettk sinogram file (:mod:`pettk.io.sinogram`) with MLEM, OSEM, OSL-MAP, BSREM
     or FBP and write a NIfTI image.
@@ -252,6 +253,22 @@ def _read_config_file(path) -> dict:
     return json.loads(text)
 
 
+def _train_device(args: argparse.Namespace):
+    """The torch device of ``pettk train``: ``--device``, or CUDA when torch sees a GPU, else the CPU."""
+    import torch
+
+    if args.device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(args.device)
+    except (RuntimeError, ValueError):
+        raise SystemExit(f"pettk train: --device must be a torch device such as cpu, cuda or cuda:1, "
+                         f"got {args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"pettk train: --device {args.device} asked for, but torch sees no CUDA device")
+    return device
+
+
 def _train_red(args: argparse.Namespace) -> int:
     import dataclasses
     import time
@@ -288,9 +305,10 @@ def _train_red(args: argparse.Namespace) -> int:
         raise SystemExit(f"pettk train red: {err}") from None
     if not args.data:
         raise SystemExit("pettk train red: --data must name a data set folder (built by `pettk simulate`)")
+    device = _train_device(args)
     start = time.perf_counter()
-    train_red(config, args.data, out_dir=args.output, progress=not args.no_progress)
-    print(f"pettk train red: DRF {config.drf:g}, {config.ren_steps} REN + {config.dcn_steps} DCN steps in "
+    train_red(config, args.data, out_dir=args.output, progress=not args.no_progress, device=device)
+    print(f"pettk train red: DRF {config.drf:g}, {config.ren_steps} REN + {config.dcn_steps} DCN steps on {device} in "
           f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'red.safetensors'}")
     return 0
 
@@ -318,10 +336,12 @@ def _train_prior(args: argparse.Namespace) -> int:
         raise SystemExit(f"pettk train {args.kind}: {err}") from None
     if not args.data:
         raise SystemExit(f"pettk train {args.kind}: --data must name a data set folder (built by `pettk simulate`)")
+    device = _train_device(args)
     start = time.perf_counter()
-    model = getattr(module, train_name)(config, args.data, out_dir=args.output, progress=not args.no_progress)
+    model = getattr(module, train_name)(config, args.data, out_dir=args.output, progress=not args.no_progress,
+                                        device=device)
     path = model.save(Path(args.output) / file_name)
-    print(f"pettk train {args.kind}: {time.perf_counter() - start:.1f} s -> {path}")
+    print(f"pettk train {args.kind}: on {device} in {time.perf_counter() - start:.1f} s -> {path}")
     return 0
 
 
@@ -347,10 +367,12 @@ def _train(args: argparse.Namespace) -> int:
         config["data"]["root"] = args.data
     if args.steps:
         config["train"]["steps"] = args.steps
+    device = _train_device(args)
     start = time.perf_counter()
-    image_model.train_image_diffusion(config, args.output, progress=not args.no_progress, resume=args.resume)
-    print(f"pettk train {args.kind}: {config['train']['steps']} steps in {time.perf_counter() - start:.1f} s "
-          f"-> {Path(args.output) / 'model.safetensors'}")
+    image_model.train_image_diffusion(config, args.output, progress=not args.no_progress, resume=args.resume,
+                                      device=device)
+    print(f"pettk train {args.kind}: {config['train']['steps']} steps on {device} in "
+          f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'model.safetensors'}")
     return 0
 
 
@@ -409,6 +431,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="data set folder built by `pettk simulate`")
     tr.add_argument("--steps", type=_positive_int, help="override the number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    tr.add_argument("--device", default="auto",
+                    help="torch device to train on (default auto: cuda when torch sees a GPU, else cpu)")
     tr.add_argument("--no-progress", action="store_true")
     tr.set_defaults(func=_train)
 

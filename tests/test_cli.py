@@ -163,3 +163,24 @@ def test_train_prior_argument_errors(kind, tmp_path):
     with pytest.raises(SystemExit, match="set steps and DRF in --config"):
         main(["train", kind, "-o", str(tmp_path), "--steps", "5"])
     assert not list(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("kind", ["red", "dream", "ddip", "legopet"])
+def test_train_device_is_checked_before_training(kind, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match="--device must be a torch device.*'gpu0'"):
+        main(["train", kind, "--data", str(tmp_path), "-o", str(out), "--device", "gpu0"])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="torch sees no CUDA device"):
+            main(["train", kind, "--data", str(tmp_path), "-o", str(out), "--device", "cuda"])
+    assert not out.exists()
+
+
+def test_train_device_default_follows_torch():
+    import argparse
+
+    from pettk.cli import _train_device
+
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert _train_device(argparse.Namespace(device="auto")).type == expected
+    assert _train_device(argparse.Namespace(device="cpu")) == torch.device("cpu")
