@@ -1,5 +1,6 @@
 """The trainer: exact resume, checkpoints, EMA, LR schedule, DDP equivalence (gloo, 2 CPU procs)."""
 
+import json
 import os
 import socket
 
@@ -60,9 +61,12 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     full = Trainer(make_model(), noisy_loss, Pairs(), config(), progress=False).fit()
     first = Trainer(make_model(), noisy_loss, Pairs(), config(), out_dir=tmp_path, progress=False)
     first.fit(until=15)  # "interrupted" after 15 of 40 steps
+    first_seconds = json.loads((tmp_path / "checkpoint.json").read_text())["seconds"]
+    assert 0 < first_seconds == first.seconds
     second = Trainer(make_model(seed=99), noisy_loss, Pairs(), config(), out_dir=tmp_path, progress=False)
     history = second.fit(resume=True)
     assert history.step[:15] == list(range(1, 16))
+    assert second.seconds > first_seconds  # the training time adds up across the resume
     np.testing.assert_allclose(history.loss, full.loss, rtol=1e-6, atol=1e-7)
 
 

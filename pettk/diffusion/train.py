@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -238,6 +239,9 @@ class Trainer:
         self.ema = EMA(self.module, config.ema_decay) if config.ema_decay > 0 else None
         self.generator = torch.Generator().manual_seed(config.seed)
         self.step = 0
+        #: Wall-clock seconds spent in optimiser steps so far (kept across resumes; no validation or
+        #: checkpoint writing counted): the training time a model card reports.
+        self.seconds = 0.0
         self.history = _History()
 
     # -- training ------------------------------------------------------------------------------------
@@ -286,7 +290,9 @@ class Trainer:
                    leave=False)
         try:
             while self.step < last:
-                loss = self.train_step()
+                started = time.perf_counter()
+                loss = self.train_step()  # returns a Python float, so the device is synchronised
+                self.seconds += time.perf_counter() - started
                 self.history.step.append(self.step)
                 self.history.loss.append(loss)
                 bar.update(1)
@@ -333,7 +339,8 @@ class Trainer:
                 if isinstance(value, torch.Tensor):
                     tensors[f"optim.{pid}.{key}"] = value
         tensors["generator_state"] = self.generator.get_state()
-        meta = {"pettk_version": __version__, "step": self.step, "train_config": asdict(self.config),
+        meta = {"pettk_version": __version__, "step": self.step, "seconds": self.seconds,
+                "device": str(self.device), "train_config": asdict(self.config),
                 "model_config": self.model_config, "optim_param_groups": opt["param_groups"],
                 "history": {"step": self.history.step, "loss": self.history.loss}}
         text = json.dumps(meta)
@@ -360,4 +367,5 @@ class Trainer:
         self.optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
         self.generator.set_state(tensors["generator_state"])
         self.step = int(meta["step"])
+        self.seconds = float(meta.get("seconds", 0.0))
         self.history = _History(list(meta["history"]["step"]), list(meta["history"]["loss"]))
