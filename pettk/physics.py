@@ -245,8 +245,15 @@ class ForwardModel:
             return fn(data)
         raise TypeError(f"input must be a numpy array or a torch tensor, got {type(data).__name__}")
 
-    def sensitivity(self, dtype=torch.float32, device="cpu") -> torch.Tensor:
-        """The sensitivity image ``A^T 1`` (cached per dtype and device), shape ``shape_in``."""
+    def sensitivity(self, dtype=torch.float32, device=None) -> torch.Tensor:
+        """The sensitivity image ``A^T 1`` (cached per dtype and device), shape ``shape_in``.
+
+        ``device`` defaults to the device of the model's sinograms (``mult``/``additive``; see
+        :meth:`to`), or the CPU for a model without them.
+        """
+        if device is None:
+            held = self.mult if self.mult is not None else self.additive
+            device = held.device if held is not None else torch.device("cpu")
         key = (dtype, str(torch.device(device)))
         if key not in self._sensitivity:
             with torch.no_grad():

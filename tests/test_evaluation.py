@@ -9,6 +9,7 @@ import torch
 import pettk.models
 from pettk.evaluation import (
     CLASSICAL,
+    DEFAULT_MODELS,
     HELD_OUT_SEED,
     LEARNED,
     METHODS,
@@ -117,3 +118,21 @@ def test_model_registry_errors(tmp_path):
         pettk.models.load_checkpoint_for("red", tmp_path / "x.safetensors")
     assert set(pettk.models.available()) <= set(pettk.models.REGISTRY)
     assert math.isfinite(HELD_OUT_SEED)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_every_method_runs_on_cuda_like_on_the_cpu(tmp_path):
+    """`pettk demo --device cuda`: the held-out cases, the classical methods and the shipped priors on
+    CUDA tensors give the CPU's images (classical: to float tolerance; priors: same samples drawn from
+    CPU generators, network arithmetic differs slightly)."""
+    data = EvalData(n_subjects=1, slices_per_subject=1, drfs=(20.0,))
+    methods = CLASSICAL + tuple(m for m in LEARNED if DEFAULT_MODELS[m] in pettk.models.available())
+    psnrs = {}
+    for device in ("cpu", "cuda"):
+        summary = evaluate(tmp_path / device, methods, data, device=device, progress=False, write_nifti=False)
+        psnrs[device] = {row["method"]: row["psnr"] for row in summary}
+    assert set(psnrs["cuda"]) == set(methods)
+    for method in methods:
+        tolerance = 0.05 if method in CLASSICAL else 1.0
+        assert abs(psnrs["cuda"][method] - psnrs["cpu"][method]) < tolerance, (method, psnrs)
