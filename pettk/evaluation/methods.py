@@ -139,8 +139,7 @@ def _osem(case: Case, s: ClassicalSettings) -> torch.Tensor:
 def _bsrem(case: Case, s: ClassicalSettings) -> torch.Tensor:
     # ε in image units: 1 % of the mean activity estimated from the data (counts / sensitivity)
     model_low = case.model_low
-    sens = model_low.sensitivity(device=case.y_low.device)
-    mean_activity = float(case.y_low.sum()) / max(float(sens.sum()), 1e-12)
+    mean_activity = float(case.y_low.sum()) / max(float(model_low.sensitivity().sum()), 1e-12)
     prior = rdp(case.grid, gamma=s.rdp_gamma, epsilon=1e-2 * max(mean_activity, 1e-12))
     return bsrem(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.bsrem_subsets)
 
