@@ -67,3 +67,11 @@ def test_scatter_rejects_bad_input():
         scatter_sinogram(-np.ones((4, 5)), 0.2)
     with pytest.raises(ValueError, match="at least 3 dimensions"):
         scatter_sinogram(np.ones((4, 5)), 0.2, tof_axis=True)
+
+
+def test_scatter_2d_geometry_only_checks_the_shape():
+    layout2d = pettk.preset("mmr-like").layout_2d
+    trues = np.random.default_rng(0).uniform(0, 3, layout2d.shape)
+    np.testing.assert_array_equal(scatter_sinogram(trues, 0.2, geometry=layout2d), scatter_sinogram(trues, 0.2))
+    with pytest.raises(ValueError, match=r"trues must have the geometry's shape \(224, 129\)"):
+        scatter_sinogram(trues[:, :-1], 0.2, geometry=layout2d)

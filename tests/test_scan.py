@@ -83,3 +83,22 @@ def test_bad_input(setup):
         simulate_scan(x, model.with_background(np.ones(model.shape_out)), 1e5)
     with pytest.raises(TypeError, match="seed must be a non-negative int"):
         simulate_scan(x, model, 1e5, seed="a")
+
+
+def test_3d_scan_scatter_smooth_across_planes_and_progress(tiny, capsys):
+    x = np.zeros(tiny.grid.shape)
+    x[8:24, 10:22, 1:7] = 1.0
+    x[12:16, 12:16, 3] = 8.0  # one hot slice: the trues vary from plane to plane
+    model = pettk.ForwardModel(pettk.Projector(tiny.grid, tiny.layout))
+    scan = simulate_scan(x, model, 5e5, randoms_fraction=0.1, scatter_fraction=0.3, seed=2, progress=True)
+    s, t = float(scan.scatter.sum()), float(scan.trues.sum())
+    assert s / (s + t) == pytest.approx(0.3, rel=1e-12)
+    assert float(scan.randoms.sum()) == pytest.approx(0.1 * 5e5, rel=1e-12)
+    direct = [tiny.layout.plane_index(r, r) for r in range(tiny.scanner.n_rings)]
+    rough = lambda v: float((v[direct][2:] - 2 * v[direct][1:-1] + v[direct][:-2]).abs().sum() / v[direct].sum())
+    assert rough(scan.scatter) < 0.05 * rough(scan.trues)
+    torch.testing.assert_close(scan.model.forward(torch.from_numpy(x)), scan.expected)
+    assert "simulate_scan" in capsys.readouterr().err
+    # the same draws with the bars off
+    quiet = simulate_scan(x, model, 5e5, randoms_fraction=0.1, scatter_fraction=0.3, seed=2)
+    assert torch.equal(quiet.prompts, scan.prompts)

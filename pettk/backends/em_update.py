@@ -2,8 +2,8 @@
 
 An EM iteration is ``x <- x * A^T(y / ybar) / sens``. The two element-wise steps around the back
 projection run as single fused passes: :func:`em_ratio` (``y / ybar`` with safe division, no
-temporaries) and :func:`em_update` (multiply, divide by the sensitivity, zero outside the mask
-and where the sensitivity vanishes). CPU tensors use numba kernels (parallel, in place where
+sinogram-sized temporaries) and :func:`em_update` (multiply, divide by the sensitivity, zero
+outside the mask and where the sensitivity vanishes). CPU tensors use numba kernels (parallel, in place where
 asked); CUDA tensors use the CUDA kernels of ``kernels/em_update.cu`` (through CuPy, see
 :func:`pettk.backends.cuda.em_ratio`) when CuPy is importable; any other case (other devices,
 mixed devices or dtypes, broadcasting shapes) uses the equivalent torch expression.
@@ -62,7 +62,11 @@ def _update_kernel(x, back, sens, mask, sens_floor, out):
 
 @keep_torch_threads
 def em_ratio(y: torch.Tensor, ybar: torch.Tensor, eps: float = DEFAULT_EPS) -> torch.Tensor:
-    """``y / max(ybar, eps)``, 0 where ``y == 0``; a new tensor of ``ybar``'s dtype."""
+    """``y / max(ybar, eps)``, 0 where ``y == 0``; a new tensor of ``ybar``'s dtype.
+
+    Memory: the result only on the CPU and CUDA kernel paths (plus a converted copy of ``y`` when
+    its dtype differs from ``ybar``'s); the torch fallback adds one temporary and a bool mask.
+    """
     if y.device.type == "cpu" and ybar.device.type == "cpu":
         yv = np.ascontiguousarray(y.detach().numpy().reshape(-1), dtype=ybar.detach().numpy().dtype)
         bv = np.ascontiguousarray(ybar.detach().numpy().reshape(-1))
@@ -73,7 +77,9 @@ def em_ratio(y: torch.Tensor, ybar: torch.Tensor, eps: float = DEFAULT_EPS) -> t
         from . import cuda
 
         return cuda.em_ratio(y, ybar, float(eps))
-    return torch.where(y == 0, torch.zeros_like(ybar), y.to(ybar.dtype) / ybar.clamp_min(eps))
+    # the torch expression with one result-sized temporary (the clamp) and a bool mask
+    out = y.to(ybar.dtype) / ybar.clamp_min(eps)
+    return out.masked_fill_(y == 0, 0.0)
 
 
 @keep_torch_threads

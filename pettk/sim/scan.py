@@ -9,6 +9,10 @@ realisations are nested and ``y_ld`` is marginally ``Poisson(ybar / DRF)``.
 Fractions (of expected counts): ``randoms_fraction = R / (T + S + R)`` (of all prompts) and
 ``scatter_fraction = S / (T + S)`` (the usual scatter fraction, of the true coincidences incl.
 scatter).
+
+Memory: every sinogram-domain step (scatter and randoms models, Poisson draw, thinning) works in
+the result plus blocks of bounded size (``torch.poisson`` needs none), so a simulation needs a
+handful of sinogram copies (those :class:`Scan` keeps) whatever the scanner.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
+from .. import _filters
 from ..background import randoms_sinogram, scatter_sinogram
+from ..geometry import SinogramLayout
 from ..physics import ForwardModel
 
 __all__ = ["Scan", "simulate_scan", "thin", "make_generator"]
@@ -71,7 +78,7 @@ class Scan:
 
 
 def simulate_scan(phantom, model: ForwardModel, total_counts: float, randoms_fraction: float = 0.0,
-                  scatter_fraction: float = 0.0, seed=None) -> Scan:
+                  scatter_fraction: float = 0.0, seed=None, progress: bool = False) -> Scan:
     """Simulate a full-dose scan of ``phantom`` with ``model``.
 
     Parameters
@@ -87,6 +94,15 @@ def simulate_scan(phantom, model: ForwardModel, total_counts: float, randoms_fra
         See the module docstring; each in [0, 1).
     seed : int, torch.Generator or None
         Seeds the Poisson draw.
+    progress : bool
+        Show tqdm bars: one over the steps (projection, scatter, randoms, Poisson draw) and one
+        over the scatter model's blocks of views (worth it in 3D, where each step takes seconds
+        to minutes).
+
+    Notes
+    -----
+    With a 3D :class:`~pettk.geometry.SinogramLayout` the scatter model is also smooth across
+    planes (:func:`~pettk.background.scatter_sinogram` with the layout as ``geometry``).
     """
     if not isinstance(model, ForwardModel):
         raise TypeError(f"model must be a ForwardModel, got {type(model).__name__}")
@@ -112,26 +128,39 @@ def simulate_scan(phantom, model: ForwardModel, total_counts: float, randoms_fra
             raise ValueError(f"{name} must be in [0, 1), got {frac!r}")
     generator = make_generator(seed)
 
-    with torch.no_grad():
-        unit_trues = model.linear(activity)
-        unit_total = float(unit_trues.sum())
+    geometry = model.projector.geometry
+    tof = model.projector.tof
+    steps = tqdm(total=4, desc="simulate_scan", disable=not progress, leave=False)
+    with torch.no_grad(), steps:
+        steps.set_postfix_str("projection")
+        trues = model.linear(activity)
+        unit_total = float(trues.sum())
         if unit_total <= 0:
             raise ValueError("the phantom produces no true coincidences (empty image or no LOR crosses it)")
         target_trues = (1.0 - scatter_fraction) * (1.0 - randoms_fraction) * total
         scale = target_trues / unit_total
-        trues = unit_trues * scale
-        tof = model.projector.tof
+        trues = trues * scale
+        steps.update(1)
+        steps.set_postfix_str("scatter")
         if scatter_fraction > 0:
-            scatter = torch.as_tensor(scatter_sinogram(trues, scatter_fraction, tof_axis=tof is not None))
+            layout = geometry if isinstance(geometry, SinogramLayout) else None
+            scatter = torch.as_tensor(scatter_sinogram(trues, scatter_fraction, tof_axis=tof is not None,
+                                                       geometry=layout, progress=progress))
         else:
             scatter = torch.zeros_like(trues)
+        steps.update(1)
+        steps.set_postfix_str("randoms")
         if randoms_fraction > 0:
-            randoms = randoms_sinogram(model.projector.geometry, randoms_fraction * total, tof=tof,
-                                       dtype=torch.float64)
+            randoms = randoms_sinogram(geometry, randoms_fraction * total, tof=tof, dtype=torch.float64,
+                                       device=trues.device)
         else:
             randoms = torch.zeros_like(trues)
-        expected = trues + scatter + randoms
-        prompts = torch.poisson(expected, generator=generator)
+        steps.update(1)
+        steps.set_postfix_str("Poisson draw")
+        expected = trues + scatter
+        expected += randoms
+        prompts = torch.poisson(expected, generator=generator)  # no temporaries: one sinogram
+        steps.update(1)
     counts_model = model.with_background(scatter + randoms, scale=scale)
     return Scan(prompts, expected, trues, scatter, randoms, counts_model, scale)
 
@@ -140,7 +169,12 @@ def thin(counts, drf: float, seed=None):
     """Binomial thinning ``Binomial(counts, 1 / drf)`` (dose reduction by a factor ``drf``).
 
     ``counts`` are non-negative integers (any float/int dtype, numpy or torch); the result has the
-    same type, shape and dtype and never exceeds ``counts``.
+    same type, shape, dtype and device and never exceeds ``counts``.
+
+    The draws come from a CPU generator (``seed``), one block of elements at a time (blocks of
+    :data:`pettk._filters.CHUNK_BYTES` in float64, moved to the CPU and back when ``counts`` is on
+    another device): the working memory is bounded, and the draws are those of a single
+    ``torch.binomial`` call over all elements, whatever the block size.
     """
     drf = float(drf)
     if not np.isfinite(drf) or drf < 1.0:
@@ -149,13 +183,21 @@ def thin(counts, drf: float, seed=None):
     if not isinstance(counts, (np.ndarray, torch.Tensor)):
         raise TypeError(f"counts must be a numpy array or a torch tensor, got {type(counts).__name__}")
     c = torch.from_numpy(np.ascontiguousarray(counts)) if is_numpy else counts
-    cf = c.to(torch.float64)
-    if not bool(torch.isfinite(cf).all()) or bool((cf < 0).any()) or bool((cf != torch.round(cf)).any()):
-        raise ValueError("counts must be finite non-negative integers")
+    flat = c.detach().reshape(-1)
+    block = max(1, _filters.CHUNK_BYTES // 8)
+    for i in range(0, flat.numel(), block):
+        part = flat[i:i + block].to(torch.float64)
+        if not bool(torch.isfinite(part).all()) or bool((part < 0).any()) or bool((part != torch.round(part)).any()):
+            raise ValueError("counts must be finite non-negative integers")
     generator = make_generator(seed)
     if drf == 1.0:
-        out = cf.clone()
+        out = c.detach().clone()
     else:
-        out = torch.binomial(cf.cpu(), torch.full_like(cf.cpu(), 1.0 / drf), generator=generator).to(cf.device)
-    out = out.to(c.dtype)
+        out = torch.empty(c.shape, dtype=c.dtype, device=c.device)
+        flat_out = out.view(-1)
+        probability = torch.tensor(1.0 / drf, dtype=torch.float64)
+        for i in range(0, flat.numel(), block):
+            part = flat[i:i + block].to(device="cpu", dtype=torch.float64)
+            drawn = torch.binomial(part, probability.expand(part.shape), generator=generator)
+            flat_out[i:i + block] = drawn.to(device=c.device, dtype=c.dtype)
     return out.numpy() if is_numpy else out
