@@ -8,7 +8,8 @@ spirit of parallelproj: an image-space :class:`~pettk.psf.GaussianPSF`, the Jose
 
 * :func:`attenuation_factors` -- ``exp(-P mu)`` for a mu-map in 1/mm, differentiable in ``mu``.
 * :class:`ForwardModel` -- ``forward`` (expected counts), ``adjoint`` (exact adjoint of the linear
-  part), ``linear``, ``sensitivity`` (``A^T 1``, cached), ``subsets`` and a torch autograd path
+  part), ``linear``, ``sensitivity`` (``A^T 1``, cached and shared with the model's subsets and
+  ``with_background`` copies, see :class:`_SensitivityCache`), ``subsets`` and a torch autograd path
   (through the projector's autograd function, the PSF's convolutions and ``mult`` if it requires
   grad, e.g. when built from a ``mu`` that does).
 
@@ -80,6 +81,64 @@ def attenuation_factors(projector: Projector, mu):
     return torch.exp(-line_integrals)
 
 
+def _version_of(t):
+    """The in-place modification counter of ``t`` (``None`` for ``None`` or an inference tensor)."""
+    if t is None:
+        return None
+    try:
+        return t._version
+    except RuntimeError:  # inference tensors do not track versions
+        return None
+
+
+class _SensitivityCache:
+    """Sensitivity images ``A^T 1`` shared by a family of models with the same multiplicative
+    factors up to a scalar: a model, its :meth:`ForwardModel.with_background` copies (at any
+    ``scale``) and the subset models of :meth:`ForwardModel.subsets`.
+
+    Entries are keyed ``(subset, dtype, device)``: ``subset`` is ``None`` for all views or
+    ``(n_subsets, index)``. Each holds ``(image, scale)``: ``image`` (shape ``shape_in``, no
+    autograd history) was computed by a member whose ``mult`` is the family's reference ``mult``
+    times ``scale``. A member at another scale ``s`` uses ``image * (s / scale)`` (exact up to
+    rounding: the back projection is linear in ``mult``). Only images are held, never sinograms.
+
+    A split of ``n`` subsets holds ``n`` images of the full image size, so only the
+    :attr:`max_splits` most recently used splits per (dtype, device) are kept (a sweep over
+    subset counts would otherwise accumulate them); the all-view images are always kept.
+    """
+
+    __slots__ = ("images", "_splits")
+
+    #: Subset splits kept per cache (least recently used ones are dropped).
+    max_splits = 3
+
+    def __init__(self):
+        self.images: dict = {}
+        self._splits: dict = {}  # (n_subsets, dtype, device) -> None, in order of use
+
+    def get(self, key):
+        subset, dtype, device = key
+        if subset is not None:
+            split = (subset[0], dtype, device)
+            if split in self._splits:
+                self._splits[split] = self._splits.pop(split)  # most recently used last
+        return self.images.get(key)
+
+    def put(self, key, entry):
+        subset, dtype, device = key
+        if subset is not None:
+            split = (subset[0], dtype, device)
+            self._splits.pop(split, None)
+            self._splits[split] = None
+            while len(self._splits) > self.max_splits:
+                n, old_dtype, old_device = next(iter(self._splits))
+                del self._splits[(n, old_dtype, old_device)]
+                for k in [k for k in self.images
+                          if k[0] is not None and k[0][0] == n and k[1] == old_dtype and k[2] == old_device]:
+                    del self.images[k]
+        return self.images.setdefault(key, entry)
+
+
 class ForwardModel:
     """Expected counts ``ybar = mult * P(psf(x)) + additive``.
 
@@ -107,6 +166,10 @@ class ForwardModel:
     Inputs are converted to torch tensors once; ``forward``/``adjoint`` accept numpy arrays or
     tensors and return the same kind. The stored sinograms must be on the input's device (use
     :meth:`to`); their dtype follows the input.
+
+    Sensitivity images (:meth:`sensitivity`) are computed once per (subset split, dtype, device)
+    and shared with the models made by :meth:`subsets` and :meth:`with_background` (scaled by its
+    ``scale``); replacing ``mult``, modifying it in place, or :meth:`to` starts a fresh cache.
     """
 
     def __init__(self, projector: Projector, *, psf=None, normalisation=None, attenuation=None, mu=None,
@@ -145,7 +208,6 @@ class ForwardModel:
                 raise ValueError(f"additive must have shape {tuple(self.shape_out)}, got {tuple(additive.shape)}")
             _check_values("additive", additive)
         self.additive = additive
-        self._sensitivity: dict = {}
 
     # -- construction helpers ----------------------------------------------------------------------
     @staticmethod
@@ -179,8 +241,45 @@ class ForwardModel:
         model.shape_out = projector.shape_out
         model.mult = mult
         model.additive = additive
-        model._sensitivity = {}
         return model
+
+    # -- the multiplicative factors and the sensitivity cache -------------------------------------
+    @property
+    def mult(self):
+        """The multiplicative factors per LOR (normalisation × attenuation × scale) or ``None``.
+
+        Assigning a new value detaches the model from its shared sensitivity cache.
+        """
+        return self._mult
+
+    @mult.setter
+    def mult(self, value):
+        self._mult = value
+        self._new_sensitivity_cache()
+
+    def _new_sensitivity_cache(self) -> None:
+        """Start a private cache: this model's ``mult`` is the reference (scale 1)."""
+        self._sens_cache = _SensitivityCache()
+        self._sens_scale = 1.0
+        self._sens_subset = None
+        self._sens_version = _version_of(self._mult)
+        self._sens_local: dict = {}
+
+    def _sensitivity_cache(self) -> _SensitivityCache:
+        """The shared cache, after checking that ``mult`` was not modified in place since it was
+        linked (if it was, the model gets a fresh private cache)."""
+        if _version_of(self._mult) != self._sens_version:
+            self._new_sensitivity_cache()
+        return self._sens_cache
+
+    def _share_sensitivity(self, source: ForwardModel, scale: float = 1.0, subset=None) -> None:
+        """Link this model to ``source``'s cache; its ``mult`` is ``source.mult * scale`` restricted to
+        ``subset`` (``(n_subsets, index)`` or ``None`` for the views of ``source``)."""
+        self._sens_cache = source._sensitivity_cache()
+        self._sens_scale = source._sens_scale * float(scale)
+        self._sens_subset = source._sens_subset if subset is None else subset
+        self._sens_version = _version_of(self._mult)
+        self._sens_local = {}
 
     # -- operators ---------------------------------------------------------------------------------
     @property
@@ -245,35 +344,81 @@ class ForwardModel:
             return fn(data)
         raise TypeError(f"input must be a numpy array or a torch tensor, got {type(data).__name__}")
 
-    def sensitivity(self, dtype=torch.float32, device=None) -> torch.Tensor:
-        """The sensitivity image ``A^T 1`` (cached per dtype and device), shape ``shape_in``.
-
-        ``device`` defaults to the device of the model's sinograms (``mult``/``additive``; see
-        :meth:`to`), or the CPU for a model without them.
-        """
+    def _cache_device(self, device) -> torch.device:
+        """``device`` as a full torch device (default: where the sinograms are)."""
         if device is None:
             held = self.mult if self.mult is not None else self.additive
             device = held.device if held is not None else torch.device("cpu")
-        key = (dtype, str(torch.device(device)))
-        if key not in self._sensitivity:
+        device = torch.device(device)
+        if device.type == "cuda" and device.index is None:
+            device = torch.device("cuda", torch.cuda.current_device())
+        return device
+
+    def sensitivity(self, dtype=torch.float32, device=None) -> torch.Tensor:
+        """The sensitivity image ``A^T 1 = psf(P^T mult)``, shape ``shape_in``, of ``dtype``.
+
+        ``device`` defaults to the device of the model's sinograms (``mult``/``additive``; see
+        :meth:`to`), or the CPU for a model without them.
+
+        Computed once per (subset split, dtype, device) and shared: repeated calls, the models
+        of repeated ``subsets(n)`` calls and ``with_background`` copies (scaled by their ``scale``,
+        the background does not enter) return the cached image without a back projection (the
+        three most recently used subset splits are kept, see :class:`_SensitivityCache`). The
+        returned tensor is shared: do not modify it in place. It carries no autograd history
+        (computed under ``torch.no_grad``), also when ``mult`` requires grad.
+        """
+        device = self._cache_device(device)
+        cache = self._sensitivity_cache()
+        key = (self._sens_subset, dtype, str(device))
+        entry = cache.get(key)
+        if entry is None:
             with torch.no_grad():
                 ones = torch.ones(self.shape_out, dtype=dtype, device=device)
-                self._sensitivity[key] = self._adjoint(ones)
-        return self._sensitivity[key]
+                entry = cache.put(key, (self._adjoint(ones), self._sens_scale))
+        image, scale = entry
+        if scale == self._sens_scale:
+            return image
+        local = self._sens_local.get(key)
+        if local is None or local[0] is not image:
+            local = self._sens_local[key] = (image, image * (self._sens_scale / scale))
+        return local[1]
+
+    def _sensitivity_from_subsets(self, n: int, dtype, device) -> None:
+        """Fill the cache's full-view sensitivity (if missing) with the sum of the ``n`` subset
+        sensitivities, computing (and caching) those: ``A^T 1 = sum_s A_s^T 1`` up to rounding."""
+        device = self._cache_device(device)
+        cache = self._sensitivity_cache()
+        key = (self._sens_subset, dtype, str(device))
+        if key in cache.images:
+            return
+        parts = [sub.sensitivity(dtype, device) for sub in self.subsets(n)]
+        with torch.no_grad():
+            total = parts[0].clone()
+            for part in parts[1:]:
+                total += part
+        # the subset images were computed or rescaled to this model's scale
+        cache.put(key, (total, self._sens_scale))
 
     def subsets(self, n: int) -> list[ForwardModel]:
-        """``n`` models on the projector's interleaved view subsets, each with its own cache."""
+        """``n`` models on the projector's interleaved view subsets.
+
+        Each call returns new models (with their own selected ``mult``/``additive``), but their
+        sensitivity images are cached on this model, keyed by ``(n, index)``: the models of a
+        later ``subsets(n)`` call (or of a ``with_background`` copy's) reuse them.
+        """
         if self.projector.views is not None:
             raise ValueError("subsets() splits a model over all views; this model is already a subset")
         models = []
-        for sub in self.projector.subsets(n):
+        for index, sub in enumerate(self.projector.subsets(n)):
             nontof = sub.without_tof()
             mult = None
             if self.mult is not None:
                 mult = (nontof.select(self.mult) if tuple(self.mult.shape) == self._nontof_shape
                         else sub.select(self.mult))
             additive = None if self.additive is None else sub.select(self.additive)
-            models.append(ForwardModel._from_parts(sub, self.psf, mult, additive))
+            model = ForwardModel._from_parts(sub, self.psf, mult, additive)
+            model._share_sensitivity(self, subset=(int(n), index))
+            models.append(model)
         return models
 
     def with_background(self, additive=None, scale: float = 1.0) -> ForwardModel:
@@ -281,6 +426,8 @@ class ForwardModel:
 
         Used to turn an activity-to-trues model into a counts model (``scale`` = counts per unit
         activity) and to attach randoms + scatter; ``scale`` applies to the linear part only.
+        The copy shares this model's sensitivity cache: its sensitivity is this model's times
+        ``scale``, computed by no further back projection.
         """
         scale = float(scale)
         if not np.isfinite(scale) or scale <= 0:
@@ -294,10 +441,13 @@ class ForwardModel:
             mult = None if scale == 1.0 else torch.full(self._nontof_shape, scale, dtype=torch.float64)
         else:
             mult = self.mult * scale
-        return ForwardModel._from_parts(self.projector, self.psf, mult, additive)
+        model = ForwardModel._from_parts(self.projector, self.psf, mult, additive)
+        model._share_sensitivity(self, scale)
+        return model
 
     def to(self, device=None, dtype=None) -> ForwardModel:
-        """A copy of the model with its sinograms on ``device`` (and of ``dtype``)."""
+        """A copy of the model with its sinograms on ``device`` (and of ``dtype``), with a fresh
+        sensitivity cache."""
         def move(t):
             return None if t is None else t.to(device=device, dtype=dtype)
         return ForwardModel._from_parts(self.projector, self.psf, move(self.mult), move(self.additive))

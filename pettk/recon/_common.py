@@ -48,11 +48,17 @@ class Problem:
     numpy_out: bool
 
 
-def prepare(model, y, x0=None, mask=None, dtype=None) -> Problem:
+def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None) -> Problem:
     """Validate ``model``, ``y``, ``x0`` and ``mask`` before any work; build the start image.
 
     The default start image is uniform inside the mask, scaled so that its expected trues match
     the measured counts minus the additive background.
+
+    The field of view comes from the model's (cached, see :meth:`ForwardModel.sensitivity`)
+    sensitivity image. With ``n_subsets`` (the split the caller will use with
+    :func:`split_subsets`), a model whose full sensitivity is not cached yet gets it as the sum
+    of its ``n_subsets`` subset sensitivities, which are cached for the split: one full back
+    projection instead of two on a first call.
     """
     if not isinstance(model, ForwardModel):
         raise TypeError(f"model must be a ForwardModel, got {type(model).__name__}")
@@ -73,6 +79,10 @@ def prepare(model, y, x0=None, mask=None, dtype=None) -> Problem:
     if bool((y_t < 0).any()):
         raise ValueError(f"y holds counts and must be >= 0; its minimum is {float(y_t.min()):.4g}")
     shape = tuple(model.shape_in)
+    if n_subsets is not None:
+        n_subsets = as_positive_int("n_subsets", n_subsets)
+        if n_subsets > 1 and model.projector.views is None:
+            model._sensitivity_from_subsets(n_subsets, dtype, y_t.device)
     sens = model.sensitivity(dtype, y_t.device)
     fov = sens > SENSITIVITY_FLOOR * float(sens.max())
     if mask is not None:
@@ -110,7 +120,8 @@ class SubsetData:
 
 def split_subsets(problem: Problem, n_subsets: int) -> SubsetData:
     """Split ``problem.model`` into ``n_subsets`` interleaved view subsets with their data and
-    (cached) sensitivity images."""
+    sensitivity images (cached on ``problem.model`` per split, dtype and device: computed by the
+    first call only)."""
     models = problem.model.subsets(n_subsets)
     dtype, device = problem.y.dtype, problem.y.device
     return SubsetData(models, [m.projector.select(problem.y) for m in models],
