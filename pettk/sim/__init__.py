@@ -1,5 +1,6 @@
 """Simulation: phantoms, scan simulation with dose reduction, and paired data sets."""
 
+from .anatomy import AnatomyLesion, AnatomyPhantom, brain_phantom_v2
 from .phantoms import (
     BrainPhantom,
     ContrastPhantom,
@@ -18,5 +19,5 @@ from .scan import Scan, simulate_scan, thin
 __all__ = [
     "BrainPhantom", "ContrastPhantom", "brain_phantom", "ellipse_phantom_2d", "ellipsoid_phantom_3d",
     "from_label_maps", "hot_spheres", "nema_iq_phantom", "shepp_logan_2d", "shepp_logan_3d", "uniform_cylinder",
-    "Scan", "simulate_scan", "thin",
+    "Scan", "simulate_scan", "thin", "AnatomyLesion", "AnatomyPhantom", "brain_phantom_v2",
 ]
