@@ -192,11 +192,14 @@ class Shapes:
         bulge = self.shape_amp * self.shape_field.soa(p)
         upper = ellipsoid(p, self.cer_c, self.cer_ax)
         temporal = ellipsoid(mirror_x(p), self.temp_c, self.temp_ax, self.temp_rot)
-        fold_surface = smin(upper, temporal, 10.0) + bulge   # smooth: its normals carry the sulci
         zt = self.tentorium_z(p)
-        hull = smin(smax(upper, self.base_z - z, 6.0), temporal, 10.0) + bulge
         notch = np.minimum(-32.0, -54.0 + np.abs(x))   # the tentorial notch holds the midbrain
         below_tent = z - (zt + self.tent_gap)
+        # the same shape with wide blends: its normal lines do not cross near the surface, they
+        # carry the sulci (perpendicular to the convexity, the frontal base and the tentorium)
+        fold_surface = smin(smax(upper, self.base_z - z, 16.0), temporal, 12.0) + bulge
+        fold_surface = smax(fold_surface, -np.maximum(below_tent, y - notch), 16.0)
+        hull = smin(smax(upper, self.base_z - z, 6.0), temporal, 10.0) + bulge
         # the skull follows the cerebrum down to the tentorium only in front of the cerebellum
         # (the petrous ridge); behind, it wraps the occipital lobes and the cerebellum together
         skull_hull = smax(hull, -np.maximum(np.maximum(below_tent, y - notch), -52.0 - y), 4.0)
@@ -298,11 +301,12 @@ class Shapes:
         deep in their middle and shallower towards their ends."""
         best = np.full(np.shape(x), np.inf, dtype=np.result_type(x))
         ax = np.abs(x)
+        z = z + 2.0 * np.sin(y / 6.0 + self.fissure_phase) * np.sin(ax / 5.0 + 1.0)   # undulating sheets
         for a, b in self.medial_segments:
             ab = (b[0] - a[0], b[1] - a[1])
             t = np.clip(((y - a[0]) * ab[0] + (z - a[1]) * ab[1]) / (ab[0] ** 2 + ab[1] ** 2), 0.0, 1.0)
             dy, dz = y - a[0] - t * ab[0], z - a[1] - t * ab[1]
-            wall = self.fissure_half + self.medial_depth * (0.4 + 0.6 * np.sin(np.pi * t))
+            wall = self.fissure_half + self.medial_depth * (0.25 + 0.75 * np.sin(np.pi * t))
             over = np.maximum(ax - wall, 0.0)
             best = np.minimum(best, dy * dy + dz * dz + over * over)
         return np.sqrt(best)
