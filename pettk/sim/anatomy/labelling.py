@@ -7,13 +7,15 @@ ribbon, folia) are computed per sample from those linear fields, so a voxel cost
 operations per sample. A voxel whose whole sample cloud lies on one side of a surface (``|value|
 > |gradient| * reach``) takes that side without per-sample work.
 
-The cortex: with ``d`` the depth below the pial surface and ``s`` the distance to the nearest
-zero line of the folding field (extruded along the surface normal), the sulcal CSF is the set
-``sqrt(s^2 + max(d - D, 0)^2) < w`` (a sheet of half-width ``w`` reaching depth ``D``, wider near
-the surface), ``delta = min(d, sqrt(s^2 + max(d - D, 0)^2) - w)`` is the distance to the nearest
-CSF, and grey matter is ``0 < delta < T`` (thickness ``T``): a ribbon of constant thickness that
-follows the crowns, the walls and the fundi of the sulci. The cerebellar cortex is built the same
-way on the folia fissures.
+The cortex: ``d`` is the depth below the pial surface (fissures and cisterns included), ``h``
+the depth below the cerebral hull (without them) and ``s`` the distance to the nearest zero line
+of the folding field, extruded along the normals of a smooth hull (``|g| / |grad g|``, corrected
+to ``arctan(k |g| / |grad g|) / k`` for a field of wavenumber ``k``). The sulcal CSF is the set
+``sqrt(s^2 + max(h - D, 0)^2) < w`` (a sheet of half-width ``w``, wider near the surface,
+reaching depth ``D``); ``delta = min(d, sqrt(s^2 + max(h - D, 0)^2) - w, medial sulci)`` is the
+distance to the nearest CSF, and grey matter is ``0 < delta < T`` (thickness ``T``): a ribbon of
+constant thickness that follows the crowns, the walls and the fundi of the sulci and lines the
+fissures. The cerebellar cortex is built the same way on the folia fissures.
 """
 
 from __future__ import annotations
@@ -42,8 +44,8 @@ from .tables import (
 )
 
 #: Deepest sulcus (head-frame mm) plus the thickest ribbon: below it the cerebrum is white matter.
-_CORTEX_SHELL = 25.0 + 4.0
-_FOLIA_SHELL = 16.0 + 2.5
+_CORTEX_SHELL = 25.0 + 6.0
+_FOLIA_SHELL = 18.0 + 4.5
 
 
 class LinearField:

@@ -127,7 +127,7 @@ def _head_candidates(grid: ImageGrid, pose: Pose, shapes: Shapes) -> np.ndarray:
     for k in range(nz):  # one axial plane at a time
         flat = plane * nz + k if grid.ndim == 3 else plane
         h = pose.to_head(_world_centres(grid, flat))
-        cran = np.sum(((h - shapes.cer_c) / (shapes.cer_ax + 34.0)) ** 2, axis=1)
+        cran = np.sum(((h - shapes.cer_c) / (shapes.cer_ax + 45.0)) ** 2, axis=1)
         face = np.sum(((h - (0.0, 38.0, -58.0)) / (62.0, 66.0, 46.0)) ** 2, axis=1)
         nose = np.sum(((h - (0.0, 90.0, -50.0)) / (17.0, 20.0, 26.0)) ** 2, axis=1)
         neck = np.sum(((h - (0.0, -22.0, -105.0)) / (58.0, 62.0, 66.0)) ** 2, axis=1)
@@ -205,14 +205,15 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     (see :mod:`pettk.sim.anatomy`): a folded cortical ribbon 2-4 mm thick with CSF in the sulci,
     white matter, lateral/third/fourth ventricles sized by an atrophy draw, caudate, putamen,
     pallidum, thalamus, hippocampus, a cerebellum with folia, brainstem, skull with diploe,
-    scalp, face, eyes and air sinuses. Nominally the head's centre is at the scanner origin and
-    slices run from the vertex (z about +80 mm) to below the cerebellum (z about -70 mm).
+    scalp, face, eyes and air sinuses. At nominal size and pose the brain spans z = -62 mm (bottom
+    of the cerebellum) to +62 mm (vertex) around the scanner origin, the scalp reaches +76 mm.
 
     Parameters
     ----------
     grid : ImageGrid
         A 3D ``(nx, ny, nz)`` grid (z axial, last) or a 2D ``(nx, ny)`` grid (the plane z = 0,
-        without axial partial volume). 128 x 128 x 90 at 2 mm holds every subject.
+        without axial partial volume). 128 x 128 x 90 at 2 mm holds every brain from the vertex
+        to the cerebellum (the largest heads lose some scalp at the top, the nose or the neck).
     seed : int or numpy.random.Generator
         Selects the subject: size x0.88-1.12, aspect +-5 %, position +-10 mm per axis, in-plane
         rotation +-15 deg, tilts +-8 deg about x and y, shape, folding pattern and depth,
@@ -372,7 +373,7 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
                "mu": {TISSUE_LABELS[k]: float(v) for k, v in enumerate(mu_table)},
                "mr_only_lesions": [{"centre_mm": tuple(float(v) for v in c), "radius_mm": float(r)}
                                    for c, r in mr_only_world],
-               "head_size_mm": tuple(float(v) for v in (2.0 * (shapes.cer_ax + 25.0) * pose.scale * pose.aspect))}
+               "head_size_mm": tuple(float(v) for v in (2.0 * (shapes.cer_ax + 14.0) * pose.scale * pose.aspect))}
     return AnatomyPhantom(
         activity=activity.reshape(shape), mu=mu.reshape(shape), mr=mr_img.reshape(shape),
         labels=labels.reshape(shape), lesion_mask=(lesion_frac >= 0.5).reshape(shape), lesions=placed,

@@ -16,14 +16,17 @@ about the signed distance near the surface. :class:`Shapes` draws one subject's 
   cavity, mastoid air cells), eyes and the petrous bone;
 * :meth:`Shapes.deep` -- lateral, third and fourth ventricles (scaled by the subject's atrophy),
   caudate, putamen, pallidum, thalamus, hippocampus with amygdala and the dentate nuclei;
-* :meth:`Shapes.cortex_surface` -- the folding of the cortex at the pial foot point of a voxel:
-  a random field whose zero lines on the surface are the sulci (extruded along the surface normal
-  to a depth drawn from a second field), and the cortical thickness (a third field, 2-4 mm);
+* :meth:`Shapes.cortex_surface` -- the folding of the cortex at the foot point of a voxel on a
+  smooth hull of the cerebrum: a random field whose zero lines on the hull are the sulci
+  (extruded along the hull's normal, bent with depth by a weaker 3D field, down to a depth drawn
+  from a second field, 3-25 mm), and the cortical thickness (a third field, 2.1-3.8 mm);
+* :meth:`Shapes.medial_sulci` -- cingulate (with its marginal ramus), parieto-occipital and
+  calcarine sulci cut into the medial wall;
 * :meth:`Shapes.folia` -- the cerebellar lobules: fissures on planes through a left-right axis
-  behind the fourth ventricle, each with its own depth.
+  in the cerebellar white matter, each with its own depth.
 
-Nominal sizes (scale 1): brain 136 mm wide, 167 mm long, 128 mm from vertex to the bottom of
-the cerebellum; head 160 x 196 mm. No template or atlas is used: every number is written here.
+Nominal sizes (scale 1): brain 132 mm wide, 162 mm long, 124 mm from the vertex to the bottom of
+the cerebellum; head about 160 x 190 mm. No template or atlas is used: every number is here.
 """
 
 from __future__ import annotations
@@ -38,8 +41,6 @@ from .fields import FAR, RandomField, capsule, ellipsoid, hash01, mirror_x, rota
 #: :meth:`Shapes.face` for every subject (with margin), used to skip far voxels.
 DEEP_BOX = (np.array([-41.0, -71.0, -43.0]), np.array([41.0, 39.0, 33.0]))
 FACE_BOX = (np.array([-61.0, -45.0, -83.0]), np.array([61.0, 85.0, 10.0]))
-#: A box holding the whole head of every subject (head frame, mm).
-HEAD_BOX = (np.array([-95.0, -130.0, -200.0]), np.array([95.0, 130.0, 100.0]))
 #: Boxes holding the cerebrum and the cerebellum + brainstem (lesions, defects are drawn in them).
 CEREBRUM_BOX = (np.array([-70.0, -103.0, -46.0]), np.array([70.0, 70.0, 76.0]))
 POSTERIOR_FOSSA_BOX = (np.array([-55.0, -98.0, -60.0]), np.array([55.0, -10.0, -2.0]))
@@ -119,16 +120,18 @@ class Shapes:
         self.thickness_field = RandomField(rng, 40.0, 24)
         self.scale = scale
         # cerebellum
-        self.cb_c = np.array([24.0 + u(-2, 2), -66.0 + u(-2, 2), -30.0 + u(-2, 2)])
-        self.cb_ax = np.array([27.0, 28.0, 24.0]) * u(0.94, 1.06, 3)
-        self.vermis_c = np.array([0.0, -64.0, -28.0])
-        self.vermis_ax = np.array([11.0, 28.0, 24.0]) * u(0.94, 1.06, 3)
+        # tall ellipsoids: the tentorium cuts their tops, so the cerebellum fills the space under it
+        self.cb_c = np.array([24.0 + u(-2, 2), -64.0 + u(-2, 2), -27.0 + u(-2, 2)])
+        self.cb_ax = np.array([27.0, 30.0, 28.0]) * u(0.94, 1.06, 3)
+        self.vermis_c = np.array([0.0, -64.0, -25.0])
+        self.vermis_ax = np.array([11.0, 28.0, 27.0]) * u(0.94, 1.06, 3)
         self.folia_centre = np.array([0.0, -57.0 + u(-2, 2), -31.0 + u(-2, 2)])
-        self.folia_n = int(rng.integers(18, 27))            # lobule fissures around the full circle
+        # lobules: at 2 mm the tightly folded cerebellar cortex is seen as a thick grey layer
+        self.folia_n = int(rng.integers(30, 45))            # fissures around the full circle
         self.folia_field = RandomField(rng, 25.0, 16)
-        self.folia_depth = u(4.0, 7.0) / scale
+        self.folia_depth = u(5.0, 9.0) / scale
         self.folia_half = (0.25 + 0.3 * a) / scale
-        self.folia_thickness = u(1.4, 2.0) / scale
+        self.folia_thickness = u(2.0, 2.8) / scale
         self.folia_salt = u(0.0, 100.0)
         # skull and scalp
         self.skull_mm = u(5.5, 7.5)
@@ -193,7 +196,7 @@ class Shapes:
         upper = ellipsoid(p, self.cer_c, self.cer_ax)
         temporal = ellipsoid(mirror_x(p), self.temp_c, self.temp_ax, self.temp_rot)
         zt = self.tentorium_z(p)
-        notch = np.minimum(-32.0, -54.0 + np.abs(x))   # the tentorial notch holds the midbrain
+        notch = np.minimum(-40.0, -56.0 + 0.8 * np.abs(x))   # the tentorial notch holds the midbrain
         below_tent = z - (zt + self.tent_gap)
         # the same shape with wide blends: its normal lines do not cross near the surface, they
         # carry the sulci (perpendicular to the convexity, the frontal base and the tentorium)
@@ -203,19 +206,19 @@ class Shapes:
         # the skull follows the cerebrum down to the tentorium only in front of the cerebellum
         # (the petrous ridge); behind, it wraps the occipital lobes and the cerebellum together
         skull_hull = smax(hull, -np.maximum(np.maximum(below_tent, y - notch), -52.0 - y), 4.0)
-        hull = smax(hull, -np.maximum(below_tent, y - notch), 4.0)
-        cb = smin(ellipsoid(mirror_x(p), self.cb_c, self.cb_ax), ellipsoid(p, self.vermis_c, self.vermis_ax), 6.0)
-        cb = smax(cb, z - (zt - self.tent_gap), 3.0)
+        # atrophy shrinks the brain away from the skull but not from the tentorium (cut after)
+        cer = smax(hull + self.shrink, -np.maximum(below_tent, y - notch), 4.0)
+        cb_raw = smin(ellipsoid(mirror_x(p), self.cb_c, self.cb_ax), ellipsoid(p, self.vermis_c, self.vermis_ax), 6.0)
+        cb = smax(cb_raw + 0.5 * self.shrink, z - (zt - self.tent_gap), 3.0)
         stem, mid_pons = self.brainstem(p)
-        inner = smin(smin(skull_hull, cb, 10.0), stem, 8.0) - self.csf_gap
+        inner = smin(smin(skull_hull, smax(cb_raw, z - (zt - self.tent_gap), 3.0), 10.0), stem, 8.0) - self.csf_gap
         tau = self.skull_thickness(p)
         outer = inner - tau
         scalp = self.scalp_mm * (1.0 + 0.2 * self.scalp_field.soa(p))
         face = smin(ellipsoid(p, (0.0, 38.0, -58.0), (56.0, 60.0, 40.0)),
                     ellipsoid(p, (0.0, 90.0, -50.0), (11.0, 14.0, 20.0)), 8.0)
         head = smin(smin(outer - scalp, face, 14.0), ellipsoid(p, (0.0, -22.0, -105.0), (52.0, 56.0, 60.0)), 16.0)
-        # the cerebrum: shrunk hull, carved by the tentorium, the fissures and the basal cisterns
-        cer = hull + self.shrink
+        # the cerebrum, carved by the fissures and the basal cisterns
         sulcal_hull = cer.copy()   # sulci reach a depth below this hull (no fissures, cisterns)
         xf = self.fissure_bend * np.sin(y / 60.0 + self.fissure_phase)
         fissure = np.maximum(np.abs(x - xf) - self.fissure_half, -ellipsoid(p, self.core_c, self.core_ax))
@@ -228,7 +231,6 @@ class Shapes:
                                         np.abs(z - 4.0) - 12.0), np.abs(y + 6.0) - 22.0)
         cer = smax(cer, -smin(slit, cistern, 2.0), 1.5)
         cer = smax(cer, -np.maximum(mid_pons - 3.0, z + 8.0), 2.0)
-        cb = cb + 0.5 * self.shrink
         # MR-only dural venous sinuses: superior sagittal (midline, under the vault) and transverse
         band = np.abs(inner + 3.0) - 3.0
         sss = smax(smax(ax - 3.5 * self.sinus_vein_width, band, 1.0), (zt + 2.0) - z, 1.0)
@@ -329,4 +331,4 @@ class Shapes:
     def folia_depth_of(self, n: np.ndarray) -> np.ndarray:
         """Depth (head mm) of the fissure with index ``n`` (any shape): deep major fissures now and then."""
         major = np.where(hash01(n, self.folia_salt + 1.0) > 0.75, 2.2, 1.0)
-        return np.minimum(self.folia_depth * (0.6 + 0.8 * hash01(n, self.folia_salt)) * major, 16.0)
+        return np.minimum(self.folia_depth * (0.6 + 0.8 * hash01(n, self.folia_salt)) * major, 18.0)
