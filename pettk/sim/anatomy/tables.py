@@ -4,11 +4,14 @@
 * :func:`draw_mu` -- 511 keV attenuation per label (1/mm): water and soft tissue 0.0096, cortical
   bone 0.0160-0.0185, diploe 0.0115-0.0135, air 0;
 * :class:`Tracer` -- activity per label *and* per cortical region for one subject:
-  ``"fdg"`` (grey/white 2.5-5, deep grey 0.85-1.05 of cortex, cerebellar cortex 0.7-0.95, lobes
-  +-10 %, 0-2 focal hypometabolic defects), ``"amyloid-negative"`` (cortex 0.45-0.7 of white
-  matter) and ``"amyloid-positive"`` (cortex 0.9-1.45 of white matter in the frontal, parietal,
-  lateral temporal and precuneus/posterior-cingulate cortex, less elsewhere, striatum raised,
-  cerebellar cortex low); a smooth multiplicative texture (4-10 %) inside tissues.
+  ``"fdg"`` (grey/white 2.5-5, caudate and putamen 0.85-1.05 of cortex, thalamus 0.8-1.0,
+  pallidum 0.5-0.75, cerebellar cortex 0.7-0.95, lobes +-10 %, visual cortex up to +20 %, medial
+  temporal lobe 0.65-0.85, 0-2 focal hypometabolic defects), ``"amyloid-negative"`` (cortex
+  0.45-0.7 of white matter: white-matter pattern) and ``"amyloid-positive"`` (cortex 0.9-1.3 of
+  white matter, raised further in the precuneus/posterior cingulate, frontal and parietal
+  cortex, lower in the occipital (x0.7-0.9) and medial temporal (x0.55-0.75) cortex, striatum
+  raised, cerebellar cortex low as in negatives); a smooth multiplicative texture (4-10 %)
+  inside parenchyma.
 
 Activities are relative concentrations with white matter near 1.
 """
