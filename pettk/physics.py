@@ -45,15 +45,28 @@ def _as_tensor(name: str, value, dtype=None) -> torch.Tensor:
     return t
 
 
+#: Elements per block of :func:`_check_values` (its boolean temporaries stay this small).
+_CHECK_BLOCK = 2**20
+
+
 def _check_values(name: str, t: torch.Tensor, *, nonnegative: bool = True) -> None:
-    finite = torch.isfinite(t)
-    if not bool(finite.all()):
-        raise ValueError(f"{name} contains {int((~finite).sum())} non-finite values (NaN or inf)")
-    if nonnegative and bool((t < 0).any()):
-        raise ValueError(f"{name} must be >= 0 everywhere; its minimum is {float(t.min()):.4g}")
+    """Reject non-finite (and, with ``nonnegative``, negative) values, a block of elements at a
+    time: no sinogram-sized temporaries."""
+    t = t.detach()
+    if t.is_contiguous() and t.numel() > _CHECK_BLOCK:
+        flat = t.view(-1)
+        blocks = [flat[i:i + _CHECK_BLOCK] for i in range(0, flat.numel(), _CHECK_BLOCK)]
+    else:
+        blocks = [t]
+    if not all(bool(torch.isfinite(b).all()) for b in blocks):
+        n_bad = sum(int((~torch.isfinite(b)).sum()) for b in blocks)
+        raise ValueError(f"{name} contains {n_bad} non-finite values (NaN or inf)")
+    if nonnegative and any(bool((b < 0).any()) for b in blocks):
+        minimum = min(float(b.min()) for b in blocks)
+        raise ValueError(f"{name} must be >= 0 everywhere; its minimum is {minimum:.4g}")
 
 
-def attenuation_factors(projector: Projector, mu):
+def attenuation_factors(projector: Projector, mu, progress: bool = False):
     """Attenuation factors ``exp(-P mu)`` on the projector's LORs (non-TOF shape).
 
     Parameters
@@ -62,11 +75,16 @@ def attenuation_factors(projector: Projector, mu):
         Its LORs are used without TOF (attenuation does not depend on the emission point).
     mu : array or tensor, shape ``(..., *grid.shape)``
         Linear attenuation coefficients in 1/mm (water at 511 keV: 0.0096), >= 0.
+    progress : bool
+        Show a tqdm bar: the projection then runs over :data:`PROJECTION_BLOCKS` blocks of views
+        (same numbers; a full 3D scanner takes minutes). Ignored, one call, when ``mu`` requires
+        grad or the projector is already restricted to some views.
 
     Returns
     -------
-    The factors in (0, 1], shape ``(..., *projector.without_tof().shape_out)``, same array type.
-    Differentiable with respect to ``mu`` for torch input.
+    The factors in (0, 1], shape ``(..., *projector.without_tof().shape_out)``, same array type
+    (and dtype) as ``mu``. Differentiable with respect to ``mu`` for torch input. Without autograd
+    the exponential is taken in place: the result is the only sinogram-sized allocation.
     """
     if not isinstance(projector, Projector):
         raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
@@ -75,10 +93,40 @@ def attenuation_factors(projector: Projector, mu):
     probe = torch.as_tensor(mu) if isinstance(mu, np.ndarray) else mu
     if probe.is_floating_point() and probe.device.type != "meta" and bool((probe < 0).any()):
         raise ValueError(f"mu must be >= 0 (1/mm); its minimum is {float(probe.min()):.4g}")
-    line_integrals = projector.without_tof().forward(mu)
+    nontof = projector.without_tof()
+    needs_grad = isinstance(mu, torch.Tensor) and mu.requires_grad and torch.is_grad_enabled()
+    n_views = nontof.shape_out[nontof.geometry.view_axis]
+    if progress and not needs_grad and nontof.views is None and n_views > 1:
+        line_integrals = _project_in_blocks(nontof, mu, min(PROJECTION_BLOCKS, n_views))
+    else:
+        line_integrals = nontof.forward(mu)
     if isinstance(line_integrals, np.ndarray):
-        return np.exp(-line_integrals)
-    return torch.exp(-line_integrals)
+        np.negative(line_integrals, out=line_integrals)
+        return np.exp(line_integrals, out=line_integrals)
+    if line_integrals.requires_grad:
+        return torch.exp(-line_integrals)
+    return line_integrals.neg_().exp_()
+
+
+#: Blocks of views of a projection shown with a progress bar (:func:`attenuation_factors` and
+#: ``simulate_scan`` with ``progress=True``).
+PROJECTION_BLOCKS = 16
+
+
+def _project_in_blocks(projector: Projector, x, n_blocks: int, desc: str = "attenuation factors"):
+    """``projector.forward(x)`` (no autograd) computed over ``n_blocks`` interleaved view subsets
+    into one preallocated result, with a tqdm bar (the same numbers: every LOR is projected on
+    its own)."""
+    from tqdm.auto import tqdm
+
+    is_numpy = isinstance(x, np.ndarray)
+    x_t = torch.from_numpy(np.ascontiguousarray(x)) if is_numpy else x.detach()
+    lead = tuple(x_t.shape[:x_t.ndim - len(projector.shape_in)])
+    out = torch.empty(lead + tuple(projector.shape_out), dtype=x_t.dtype, device=x_t.device)
+    with torch.no_grad():
+        for part in tqdm(projector.subsets(n_blocks), desc=desc, leave=False):
+            part.select(out).copy_(part.forward(x_t))
+    return out.numpy() if is_numpy else out
 
 
 def _version_of(t):
@@ -139,6 +187,22 @@ class _SensitivityCache:
         return self.images.setdefault(key, entry)
 
 
+def _subset_sensitivities(models, dtype, device=None, progress: bool = False) -> list:
+    """``[m.sensitivity(dtype, device) for m in models]``, with a tqdm bar (``progress``) over the
+    models whose image is not cached yet (each of those costs one back projection of its views)."""
+    from tqdm.auto import tqdm
+
+    models = list(models)
+    missing = [progress and m._sensitivity_cache().get((m._sens_subset, dtype, str(m._cache_device(device)))) is None
+               for m in models]
+    with tqdm(total=sum(missing), desc="sensitivity", disable=not any(missing), leave=False) as bar:
+        images = []
+        for m, miss in zip(models, missing):
+            images.append(m.sensitivity(dtype, device))
+            bar.update(int(miss))
+    return images
+
+
 class ForwardModel:
     """Expected counts ``ybar = mult * P(psf(x)) + additive``.
 
@@ -156,10 +220,13 @@ class ForwardModel:
         Attenuation factors per LOR in [0, 1] (see :func:`attenuation_factors`), same shapes as
         ``normalisation``. Mutually exclusive with ``mu``.
     mu : array or tensor, optional
-        A mu-map (1/mm) from which the attenuation factors are computed here. If it requires grad,
-        the model is differentiable with respect to it.
+        A mu-map (1/mm) from which the attenuation factors are computed here (of ``mu``'s dtype;
+        a float32 mu-map halves their memory). If it requires grad, the model is differentiable
+        with respect to it.
     additive : array or tensor, optional
         Expected randoms + scatter counts (>= 0), shape ``shape_out``. ``None`` means 0.
+    progress : bool
+        Show a progress bar over the projection of ``mu`` (see :func:`attenuation_factors`).
 
     Notes
     -----
@@ -173,7 +240,7 @@ class ForwardModel:
     """
 
     def __init__(self, projector: Projector, *, psf=None, normalisation=None, attenuation=None, mu=None,
-                 additive=None):
+                 additive=None, progress: bool = False):
         if not isinstance(projector, Projector):
             raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
         if attenuation is not None and mu is not None:
@@ -197,7 +264,7 @@ class ForwardModel:
             if tuple(mu_t.shape) != tuple(projector.shape_in):
                 raise ValueError(f"mu must have shape {tuple(projector.shape_in)}, got {tuple(mu_t.shape)}")
             _check_values("mu", mu_t)
-            factors.append(attenuation_factors(projector, mu_t))
+            factors.append(attenuation_factors(projector, mu_t, progress=progress))
         mult = None
         for f in factors:
             mult = f if mult is None else mult * f
@@ -320,7 +387,25 @@ class ForwardModel:
             x = self.psf.forward(x)
         y = self.projector.forward(x)
         m = self._mult_for(y)
-        return y if m is None else y * m
+        if m is None:
+            return y
+        if torch.is_grad_enabled() and (y.requires_grad or m.requires_grad):
+            return y * m
+        return y.mul_(m)  # y is the projector's fresh output: no second sinogram
+
+    def _linear_with_progress(self, x: torch.Tensor, desc: str = "projection") -> torch.Tensor:
+        """``linear(x)`` without autograd, the projection over blocks of views with a tqdm bar
+        (same numbers; for long 3D projections, e.g. in ``simulate_scan``)."""
+        n_views = self.projector.shape_out[self.projector.geometry.view_axis]
+        if self.projector.views is not None or n_views < 2:
+            with torch.no_grad():
+                return self._linear(x)
+        with torch.no_grad():
+            if self.psf is not None:
+                x = self.psf.forward(x)
+            y = _project_in_blocks(self.projector, x, min(PROJECTION_BLOCKS, n_views), desc)
+            m = self._mult_for(y)
+            return y if m is None else y.mul_(m)
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         y = self._linear(x)
@@ -383,15 +468,16 @@ class ForwardModel:
             local = self._sens_local[key] = (image, image * (self._sens_scale / scale))
         return local[1]
 
-    def _sensitivity_from_subsets(self, n: int, dtype, device) -> None:
+    def _sensitivity_from_subsets(self, n: int, dtype, device, progress: bool = False) -> None:
         """Fill the cache's full-view sensitivity (if missing) with the sum of the ``n`` subset
-        sensitivities, computing (and caching) those: ``A^T 1 = sum_s A_s^T 1`` up to rounding."""
+        sensitivities, computing (and caching) those: ``A^T 1 = sum_s A_s^T 1`` up to rounding.
+        ``progress``: a tqdm bar over the subsets."""
         device = self._cache_device(device)
         cache = self._sensitivity_cache()
         key = (self._sens_subset, dtype, str(device))
         if key in cache.images:
             return
-        parts = [sub.sensitivity(dtype, device) for sub in self.subsets(n)]
+        parts = _subset_sensitivities(self.subsets(n), dtype, device, progress)
         with torch.no_grad():
             total = parts[0].clone()
             for part in parts[1:]:

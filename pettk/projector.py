@@ -236,7 +236,10 @@ class Projector:
         for item in flat:
             item = item.contiguous()
             results.append(op(item.reshape(-1) if mode == "adjoint" else item).reshape(out_core))
-        out = torch.stack(results) if results else flat.new_zeros((0,) + tuple(out_core))
+        if len(results) == 1:  # no batch: the plan's fresh output as is (stack would copy it)
+            out = results[0].unsqueeze(0)
+        else:
+            out = torch.stack(results) if results else flat.new_zeros((0,) + tuple(out_core))
         return out.reshape(batch + tuple(out_core))
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -9,10 +10,19 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import as_positive_int
-from ..physics import ForwardModel
+from ..physics import ForwardModel, _subset_sensitivities
 
 #: Voxels whose sensitivity is below this fraction of the maximum are outside the field of view.
 SENSITIVITY_FLOOR = 1e-6
+
+#: The progress bar of the :func:`run` in progress (``None``: silent). The iterate generators run
+#: inside ``run``'s loop, so :func:`prepare` and :func:`split_subsets` see it and show their steps
+#: (sensitivity back projections, subsets within an epoch) without a parameter of their own.
+_RUN_BAR: contextvars.ContextVar = contextvars.ContextVar("pettk_recon_run_bar", default=None)
+
+
+def _progress_wanted(progress) -> bool:
+    return _RUN_BAR.get() is not None if progress is None else bool(progress)
 
 
 @dataclass
@@ -48,7 +58,7 @@ class Problem:
     numpy_out: bool
 
 
-def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None) -> Problem:
+def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None, progress=None) -> Problem:
     """Validate ``model``, ``y``, ``x0`` and ``mask`` before any work; build the start image.
 
     The default start image is uniform inside the mask, scaled so that its expected trues match
@@ -59,6 +69,9 @@ def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None) -> Problem
     :func:`split_subsets`), a model whose full sensitivity is not cached yet gets it as the sum
     of its ``n_subsets`` subset sensitivities, which are cached for the split: one full back
     projection instead of two on a first call.
+
+    ``progress``: show a bar over those subset back projections; ``None`` (default) shows it when
+    called inside a :func:`run` with ``progress=True``.
     """
     if not isinstance(model, ForwardModel):
         raise TypeError(f"model must be a ForwardModel, got {type(model).__name__}")
@@ -82,7 +95,7 @@ def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None) -> Problem
     if n_subsets is not None:
         n_subsets = as_positive_int("n_subsets", n_subsets)
         if n_subsets > 1 and model.projector.views is None:
-            model._sensitivity_from_subsets(n_subsets, dtype, y_t.device)
+            model._sensitivity_from_subsets(n_subsets, dtype, y_t.device, progress=_progress_wanted(progress))
     sens = model.sensitivity(dtype, y_t.device)
     fov = sens > SENSITIVITY_FLOOR * float(sens.max())
     if mask is not None:
@@ -118,14 +131,44 @@ class SubsetData:
     sens: list
 
 
-def split_subsets(problem: Problem, n_subsets: int) -> SubsetData:
+def subset_progress(subsets):
+    """Iterate over the subsets of one epoch (models or indices, in the order processed) with a
+    bar over them while a :func:`run` with ``progress=True`` is in progress; silently otherwise.
+
+    An epoch on a 3D scanner takes minutes: iterative methods that loop over subsets in their own
+    order wrap that loop, ``for s in subset_progress(order): ...``.
+    """
+    run_bar = _RUN_BAR.get()
+    if run_bar is None:
+        yield from subsets
+        return
+    items = list(subsets)
+    with tqdm(total=len(items), desc=f"{run_bar.desc} subsets", disable=len(items) < 2, leave=False) as bar:
+        for item in items:
+            yield item
+            bar.update(1)
+
+
+class _SubsetModels(list):
+    """The subset models of a split; iterating over them runs through :func:`subset_progress`."""
+
+    def __iter__(self):
+        return subset_progress(super().__iter__())
+
+
+def split_subsets(problem: Problem, n_subsets: int, progress=None) -> SubsetData:
     """Split ``problem.model`` into ``n_subsets`` interleaved view subsets with their data and
     sensitivity images (cached on ``problem.model`` per split, dtype and device: computed by the
-    first call only)."""
+    first call only).
+
+    ``progress``: a bar over the sensitivity back projections still to do; ``None`` (default)
+    shows it inside a :func:`run` with ``progress=True``, whose epochs then also show a bar over
+    their subsets.
+    """
     models = problem.model.subsets(n_subsets)
     dtype, device = problem.y.dtype, problem.y.device
-    return SubsetData(models, [m.projector.select(problem.y) for m in models],
-                      [m.sensitivity(dtype, device) for m in models])
+    return SubsetData(_SubsetModels(models), [m.projector.select(problem.y) for m in models],
+                      _subset_sensitivities(models, dtype, device, _progress_wanted(progress)))
 
 
 def check_iterations(n_iter, n_subsets=1) -> tuple[int, int]:
@@ -134,8 +177,13 @@ def check_iterations(n_iter, n_subsets=1) -> tuple[int, int]:
 
 def run(states, n_iter: int, callback=None, progress: bool = False, desc: str = "recon"):
     """Consume a generator of :class:`ReconState`, calling ``callback(state)`` after every
-    iteration (epoch); returns the last image. ``callback`` may return ``True`` to stop early."""
+    iteration (epoch); returns the last image. ``callback`` may return ``True`` to stop early.
+
+    ``progress``: a bar over the epochs; while it runs, the generator's :func:`prepare` and
+    :func:`split_subsets` show theirs (sensitivity back projections, the subsets of each epoch).
+    """
     bar = tqdm(total=n_iter, desc=desc, disable=not progress, leave=False)
+    token = _RUN_BAR.set(bar if progress else None)
     last = None
     try:
         for state in states:
@@ -144,5 +192,6 @@ def run(states, n_iter: int, callback=None, progress: bool = False, desc: str = 
             if callback is not None and callback(state):
                 break
     finally:
+        _RUN_BAR.reset(token)
         bar.close()
     return last.x

@@ -49,9 +49,13 @@ def osem_iterates(model, y, n_iter: int, n_subsets: int = 1, *, x0=None, mask=No
         Start image (>= 0); default uniform, scaled to the net counts.
     mask : bool array, optional
         Voxels to reconstruct; voxels outside it, and voxels no LOR sees, stay 0.
+
+    Sensitivity: a first call on ``model`` computes the ``n_subsets`` subset sensitivities and
+    their sum as the full one (one back projection of the data's size in all), cached on
+    ``model`` for later calls (see :meth:`~pettk.physics.ForwardModel.sensitivity`).
     """
     n_iter, n_subsets = check_iterations(n_iter, n_subsets)
-    problem = prepare(model, y, x0, mask)
+    problem = prepare(model, y, x0, mask, n_subsets=n_subsets)
     parts = split_subsets(problem, n_subsets)
     x = problem.x0
     for it in range(1, n_iter + 1):
@@ -84,7 +88,11 @@ def mlem(model, y, n_iter: int, *, x0=None, mask=None, callback=None, progress: 
 
 def osem(model, y, n_iter: int, n_subsets: int, *, x0=None, mask=None, callback=None, progress: bool = False,
          fused: bool = True):
-    """OSEM with ``n_subsets`` view subsets: run ``n_iter`` epochs and return the image."""
+    """OSEM with ``n_subsets`` view subsets: run ``n_iter`` epochs and return the image.
+
+    ``progress=True`` shows a bar over the epochs, one over the subsets of the current epoch and,
+    on a first call, one over the subset sensitivity back projections (see :func:`osem_iterates`).
+    """
     problem_is_numpy = not isinstance(y, torch.Tensor)
     states = osem_iterates(model, y, n_iter, n_subsets, x0=x0, mask=mask, fused=fused)
     x = run(states, n_iter, callback, progress, f"OSEM({n_subsets})")
