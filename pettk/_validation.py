@@ -37,6 +37,16 @@ def as_positive_float(name: str, value) -> float:
     return value
 
 
+def as_nonnegative_float(name: str, value) -> float:
+    """Return ``value`` as a finite ``float`` >= 0."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number >= 0, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value) or value < 0.0:
+        raise ValueError(f"{name} must be a finite number >= 0, got {value}")
+    return value
+
+
 def as_float_vector(name: str, value, length: int | None = None, *, positive: bool = False,
                     broadcast_scalar: bool = True) -> np.ndarray:
     """Return ``value`` as a finite float64 vector of ``length`` entries.

@@ -119,9 +119,7 @@ def test_bsrem_reaches_the_map_solution(problem):
     x = bsrem(model, y, prior, beta, 1000, 1, relaxation=0.005, delta=0.2)
     assert (optimum - map_objective(model, y, x, prior, beta)) / abs(optimum) < 1e-4
     assert projected_gradient_norm(x) < 1e-3 * projected_gradient_norm(x_start)
-    # with subsets it gets close to the optimum quickly
-    xs = bsrem(model, y, prior, beta, 60, 4)
-    assert (optimum - map_objective(model, y, xs, prior, beta)) / abs(optimum) < 1e-4
+    # with subsets: tests/test_bsrem_convergence.py
 
 
 def test_osl_map_smooths_and_keeps_likelihood_reasonable(problem):

@@ -11,12 +11,12 @@ from .em import em_step, mlem, mlem_iterates, osem, osem_iterates
 from .fbp import fbp, ramp_filter
 from .filters import post_filter
 from .listmode import EventList, lm_mlem, lm_mlem_iterates, lm_osem, lm_osem_iterates
-from .map import bsrem, bsrem_iterates, map_objective, osl_map, osl_map_iterates
+from .map import bsrem, bsrem_iterates, map_objective, osl_map, osl_map_iterates, subset_order
 from .priors import Prior, QuadraticPrior, RelativeDifferencePrior, SmoothedTVPrior, quadratic, rdp, tv
 
 __all__ = [
     "ReconState", "em_step", "mlem", "mlem_iterates", "osem", "osem_iterates", "fbp", "ramp_filter",
-    "post_filter", "bsrem", "bsrem_iterates", "map_objective", "osl_map", "osl_map_iterates", "Prior",
+    "post_filter", "bsrem", "bsrem_iterates", "map_objective", "osl_map", "osl_map_iterates", "subset_order", "Prior",
     "QuadraticPrior", "RelativeDifferencePrior", "SmoothedTVPrior", "quadratic", "rdp", "tv", "EventList", "lm_mlem",
     "lm_mlem_iterates", "lm_osem", "lm_osem_iterates",
 ]
