@@ -77,8 +77,9 @@ def test_classical_runners_beat_a_blank_image(heldout):
 
     ((_, _, case),) = _cases({20.0: heldout}, torch.device("cpu"))
     truth = case.truth.numpy()
+    quick = ClassicalSettings(bsrem_iterations=60)  # the converged baseline is tested on its own below
     for method in CLASSICAL:
-        image = np.asarray(make_runner(method)(case))
+        image = np.asarray(make_runner(method, settings=quick)(case))
         assert image.shape == truth.shape and image.min() >= 0
         assert psnr(image, truth) > psnr(np.zeros_like(truth), truth) + 5, method
 
@@ -136,3 +137,78 @@ def test_every_method_runs_on_cuda_like_on_the_cpu(tmp_path):
     for method in methods:
         tolerance = 0.05 if method in CLASSICAL else 1.0
         assert abs(psnrs["cuda"][method] - psnrs["cpu"][method]) < tolerance, (method, psnrs)
+
+
+def _tiny_case():
+    """A 16 × 16 case (about 5·10⁴ full-dose counts, DRF 10) with attenuation-like normalisation
+    and a background."""
+    import pettk
+    from pettk.evaluation.methods import Case
+    from pettk.sim import shepp_logan_2d
+
+    rng = np.random.default_rng(3)
+    grid = pettk.ImageGrid((16, 16), 4.0)
+    geometry = pettk.ParallelBeam2D(24, 25, 3.5)
+    truth = torch.from_numpy(40.0 * shepp_logan_2d(grid))
+    model = pettk.ForwardModel(pettk.Projector(grid, geometry), normalisation=rng.uniform(0.6, 1.0, geometry.shape),
+                               additive=np.full(geometry.shape, 5.0))
+    full = torch.poisson(model.forward(truth), generator=torch.Generator().manual_seed(0))
+    y_low = pettk.sim.thin(full, 10.0, seed=1)
+    return Case(y_low=y_low, model=model, drf=10.0, grid=grid, mr=truth.clone(), truth=truth)
+
+
+def test_bsrem_rdp_baseline_is_the_converged_map_image():
+    """The criterion: the objective's relative change over the last 10 epochs is <= the
+    tolerance; the image is then within 1 % of an independent L-BFGS-B optimum."""
+    from scipy.optimize import minimize
+
+    import pettk
+    from pettk.evaluation.methods import CHECK_EVERY, _rdp_for, converged_bsrem
+
+    case = _tiny_case()
+    settings = ClassicalSettings(bsrem_beta=0.3, rdp_gamma=2.0)
+    history = []
+    x = converged_bsrem(case, settings, history=history).double()
+    (e1, phi1), (e2, phi2) = history[-2:]
+    assert e2 - e1 == CHECK_EVERY and e2 < settings.bsrem_iterations
+    assert abs(phi2 - phi1) <= settings.bsrem_tolerance * float(case.y_low.sum())
+
+    model = case.model_low.to(dtype=torch.float64)
+    y = case.y_low.double()
+    prior = _rdp_for(case, settings.rdp_gamma)
+
+    def negative_objective(flat):
+        xt = torch.from_numpy(flat.reshape(case.grid.shape)).requires_grad_(True)
+        value = pettk.poisson_nll(y, model.forward(xt)) + settings.bsrem_beta * prior.value(xt)
+        value.backward()
+        return float(value.detach()), xt.grad.numpy().ravel().copy()
+
+    start = x.numpy().ravel()
+    ref = minimize(negative_objective, start, jac=True, method="L-BFGS-B", bounds=[(0, None)] * start.size,
+                   options=dict(maxiter=20000, ftol=1e-16, gtol=1e-13)).x
+    assert np.linalg.norm(start - ref) / np.linalg.norm(ref) < 1e-2
+
+
+def test_tuning_grid_extends_past_a_winning_end():
+    from pettk.evaluation import _best_on_grid
+
+    calls = []
+
+    def score(v):
+        calls.append(v)
+        return -(math.log10(v) - 1.6) ** 2  # best at 10 ** 1.6 ≈ 40, past the grid's end
+
+    best, scores = _best_on_grid(score, [0.1, 1.0, 10.0], extend=10 ** 0.5)
+    assert best == pytest.approx(10 ** 1.5)
+    assert max(scores) == pytest.approx(100.0)  # one more point past the best: an interior choice
+    best, _ = _best_on_grid(lambda v: -abs(v - 1.0), [0.1, 1.0, 10.0], extend=10.0)
+    assert best == 1.0
+    best, scores = _best_on_grid(lambda v: v, [1.0, 2.0], extend=2.0, limit=2)
+    assert best == 8.0 and len(scores) == 4  # stops after `limit` extensions
+
+
+def test_classical_settings_reject_a_bad_bsrem_tolerance():
+    with pytest.raises(ValueError, match="bsrem_tolerance must be > 0"):
+        ClassicalSettings(bsrem_tolerance=float("nan")).validate()
+    with pytest.raises(ValueError, match="bsrem_tolerance must be > 0"):
+        ClassicalSettings(bsrem_tolerance=0.0).validate()

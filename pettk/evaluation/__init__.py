@@ -178,14 +178,38 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     return summary
 
 
+def _best_on_grid(score, grid: list, *, extend: float, limit: int = 3):
+    """The best value of ``score`` over ``grid`` (sorted, positive), extending the grid by the
+    factor ``extend`` past whichever end wins, up to ``limit`` times, so that the best value is
+    an interior point (or the search says where it stopped)."""
+    grid = sorted(float(v) for v in grid)
+    scores = {v: score(v) for v in grid}
+    for _ in range(limit):
+        best = max(scores, key=scores.get)
+        if best == grid[0]:
+            grid.insert(0, best / extend)
+            scores[grid[0]] = score(grid[0])
+        elif best == grid[-1]:
+            grid.append(best * extend)
+            scores[grid[-1]] = score(grid[-1])
+        else:
+            break
+    best = max(scores, key=scores.get)
+    return best, scores
+
+
 def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
                    post_filter_mm=(0.0, 4.0, 6.0, 8.0, 10.0),
-                   bsrem_beta=(0.03, 0.1, 0.3, 1.0, 3.0), base: ClassicalSettings | None = None,
-                   progress: bool = True) -> dict[float, ClassicalSettings]:
+                   bsrem_beta=(0.03, 0.1, 0.3, 1.0, 3.0), rdp_gamma=(0.5, 2.0, 5.0, 20.0),
+                   base: ClassicalSettings | None = None, progress: bool = True) -> dict[float, ClassicalSettings]:
     """Choose the classical settings per DRF by best mean PSNR on validation subjects.
 
-    The validation subjects use seeds ``HELD_OUT_SEED // 2`` upwards: disjoint from the training
-    (``0 ..``) and the test (``HELD_OUT_SEED ..``) subjects.
+    OSEM: iterations × post-filter over the given grid. BSREM-RDP (the converged MAP image,
+    :func:`~pettk.evaluation.methods.converged_bsrem`): ``beta`` × ``gamma`` over the given
+    grids; when the best ``beta`` (or ``gamma``) lies at an end of its grid, the grid is extended
+    past it (× sqrt(10) for beta, × 2.5 for gamma, up to three times) so that the choice is not
+    an artefact of the grid. The validation subjects use seeds ``HELD_OUT_SEED // 2`` upwards:
+    disjoint from the training (``0 ..``) and the test (``HELD_OUT_SEED ..``) subjects.
     """
     data = data or EvalData(n_subjects=2, slices_per_subject=2, drfs=(4.0, 20.0, 100.0), seed=HELD_OUT_SEED // 2)
     base = (base or ClassicalSettings()).validate()
@@ -202,8 +226,22 @@ def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
             best_osem = max(((n, f) for n in osem_iterations for f in post_filter_mm),
                             key=lambda nf: score(dataclasses.replace(base, osem_iterations=nf[0],
                                                                      post_filter_mm=nf[1]), "osem"))
-            best_beta = max(bsrem_beta, key=lambda b: score(dataclasses.replace(base, bsrem_beta=b), "bsrem-rdp"))
+
+            def best_beta_for(gamma):
+                return _best_on_grid(lambda b: score(dataclasses.replace(base, bsrem_beta=b, rdp_gamma=gamma),
+                                                     "bsrem-rdp"), bsrem_beta, extend=10 ** 0.5)
+
+            per_gamma = {}
+
+            def gamma_score(gamma):
+                per_gamma[gamma] = best_beta_for(gamma)
+                b = per_gamma[gamma][0]
+                return per_gamma[gamma][1][b]
+
+            best_gamma, _ = _best_on_grid(gamma_score, rdp_gamma, extend=2.5)
+            best_beta = per_gamma[best_gamma][0]
             out[drf] = dataclasses.replace(base, osem_iterations=best_osem[0], post_filter_mm=best_osem[1],
-                                           bsrem_beta=best_beta)
-            log.info("DRF %g: %s", drf, out[drf])
+                                           bsrem_beta=best_beta, rdp_gamma=best_gamma)
+            log.info("DRF %g: %s; BSREM-RDP PSNR per gamma: %s", drf, out[drf],
+                     {g: {b: round(v, 3) for b, v in sc.items()} for g, (_, sc) in per_gamma.items()})
     return out

@@ -10,7 +10,9 @@ Classical methods (their settings are tuned on validation subjects, see
 :func:`pettk.evaluation.tune_classical`):
 
 - ``osem``: OSEM of the low-dose data, Gaussian post-filter;
-- ``bsrem-rdp``: BSREM with the relative difference prior;
+- ``bsrem-rdp``: the MAP image of the relative difference prior with its tuned ``(beta, gamma)``:
+  BSREM (``bsrem_subsets`` subsets) started from the OSEM image and run until the objective
+  stops changing (:func:`converged_bsrem`);
 - ``mlem``: plain MLEM of the low-dose data (a fixed iteration count).
 
 Learned methods, each with a model (a shipped default from :mod:`pettk.models` or a checkpoint):
@@ -23,6 +25,7 @@ Learned methods, each with a model (a shipped default from :mod:`pettk.models` o
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -30,9 +33,10 @@ import torch
 
 from ..geometry import ImageGrid
 from ..physics import ForwardModel
-from ..recon import bsrem, mlem, osem, post_filter, rdp
+from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp
 
-__all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "make_runner"]
+__all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "make_runner",
+           "converged_bsrem"]
 
 CLASSICAL = ("osem", "bsrem-rdp", "mlem")
 LEARNED = ("red", "dream", "ddip", "legopet")
@@ -97,8 +101,9 @@ class ClassicalSettings:
     osem_subsets: int = 8
     post_filter_mm: float = 4.0
     bsrem_beta: float = 0.3
-    bsrem_iterations: int = 10
-    bsrem_subsets: int = 8
+    bsrem_iterations: int = 1000
+    bsrem_subsets: int = 4
+    bsrem_tolerance: float = 1e-7
     rdp_gamma: float = 2.0
     mlem_iterations: int = 20
     red_osem_iterations: int = 2
@@ -115,8 +120,9 @@ class ClassicalSettings:
         for name in ("post_filter_mm", "red_post_filter_mm", "dream_post_filter_mm"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("bsrem_beta", "rdp_gamma"):
-            if not float(getattr(self, name)) > 0:
+        for name in ("bsrem_beta", "rdp_gamma", "bsrem_tolerance"):
+            value = float(getattr(self, name))
+            if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
         return self
 
@@ -136,12 +142,52 @@ def _osem(case: Case, s: ClassicalSettings) -> torch.Tensor:
     return _filtered(x, case.grid, s.post_filter_mm)
 
 
-def _bsrem(case: Case, s: ClassicalSettings) -> torch.Tensor:
-    # ε in image units: 1 % of the mean activity estimated from the data (counts / sensitivity)
+#: Epochs between two checks of the MAP objective in :func:`converged_bsrem`.
+CHECK_EVERY = 10
+
+
+def _rdp_for(case: Case, gamma: float):
+    # epsilon in image units: 1 % of the mean activity estimated from the data (counts / sensitivity)
     model_low = case.model_low
     mean_activity = float(case.y_low.sum()) / max(float(model_low.sensitivity().sum()), 1e-12)
-    prior = rdp(case.grid, gamma=s.rdp_gamma, epsilon=1e-2 * max(mean_activity, 1e-12))
-    return bsrem(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.bsrem_subsets)
+    return rdp(case.grid, gamma=gamma, epsilon=1e-2 * max(mean_activity, 1e-12))
+
+
+def converged_bsrem(case: Case, s: ClassicalSettings, *, history: list | None = None) -> torch.Tensor:
+    """The MAP image of RDP with ``(s.bsrem_beta, s.rdp_gamma)`` for one case.
+
+    BSREM (:func:`pettk.recon.bsrem_iterates`, ``s.bsrem_subsets`` subsets, default step
+    schedule) starts from the OSEM image of the case (``s.osem_iterations`` × ``s.osem_subsets``,
+    no filter) and runs until the MAP objective ``Phi`` stops changing: it is evaluated every
+    :data:`CHECK_EVERY` epochs and the run stops when its change over those epochs,
+    ``|Phi_k - Phi_{k-10}|``, falls below ``s.bsrem_tolerance`` times the measured counts
+    ``sum(y)`` (the scale of a Poisson log-likelihood; ``Phi`` itself has no fixed scale since
+    its constant is dropped), or after ``s.bsrem_iterations`` epochs. ``history`` (a list)
+    receives ``(epoch, Phi)`` at every check.
+    """
+    model_low = case.model_low
+    prior = _rdp_for(case, s.rdp_gamma)
+    x0 = osem(model_low, case.y_low, s.osem_iterations, s.osem_subsets)
+    previous = None
+    x = x0
+    counts = float(case.y_low.sum())
+    for state in bsrem_iterates(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.bsrem_subsets,
+                                x0=x0):
+        x = state.x
+        if state.iteration % CHECK_EVERY:
+            continue
+        # in float64: the changes sought are below float32's resolution of the sum
+        phi = map_objective(model_low, case.y_low.double(), x.double(), prior, s.bsrem_beta)
+        if history is not None:
+            history.append((state.iteration, phi))
+        if previous is not None and abs(phi - previous) <= s.bsrem_tolerance * counts:
+            break
+        previous = phi
+    return x
+
+
+def _bsrem(case: Case, s: ClassicalSettings) -> torch.Tensor:
+    return converged_bsrem(case, s)
 
 
 def _mlem(case: Case, s: ClassicalSettings) -> torch.Tensor:
