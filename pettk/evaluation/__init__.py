@@ -198,6 +198,23 @@ def _best_on_grid(score, grid: list, *, extend: float, limit: int = 3):
     return best, scores
 
 
+def _tune_rdp(score, base: ClassicalSettings, betas, gammas):
+    """Best ``(beta, gamma)`` of BSREM-RDP: the best beta per gamma, then the best gamma, each on
+    a grid extended past a winning end (:func:`_best_on_grid`). Also returns, per gamma tried,
+    its best beta and the scores of every beta."""
+    per_gamma = {}
+
+    def gamma_score(gamma):
+        per_gamma[gamma] = _best_on_grid(
+            lambda b: score(dataclasses.replace(base, bsrem_beta=b, rdp_gamma=gamma), "bsrem-rdp"), betas,
+            extend=10 ** 0.5)
+        best_beta, scores = per_gamma[gamma]
+        return scores[best_beta]
+
+    best_gamma, _ = _best_on_grid(gamma_score, gammas, extend=2.5)
+    return per_gamma[best_gamma][0], best_gamma, per_gamma
+
+
 def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
                    post_filter_mm=(0.0, 4.0, 6.0, 8.0, 10.0),
                    bsrem_beta=(0.03, 0.1, 0.3, 1.0, 3.0), rdp_gamma=(0.5, 2.0, 5.0, 20.0),
@@ -227,19 +244,7 @@ def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
                             key=lambda nf: score(dataclasses.replace(base, osem_iterations=nf[0],
                                                                      post_filter_mm=nf[1]), "osem"))
 
-            def best_beta_for(gamma):
-                return _best_on_grid(lambda b: score(dataclasses.replace(base, bsrem_beta=b, rdp_gamma=gamma),
-                                                     "bsrem-rdp"), bsrem_beta, extend=10 ** 0.5)
-
-            per_gamma = {}
-
-            def gamma_score(gamma):
-                per_gamma[gamma] = best_beta_for(gamma)
-                b = per_gamma[gamma][0]
-                return per_gamma[gamma][1][b]
-
-            best_gamma, _ = _best_on_grid(gamma_score, rdp_gamma, extend=2.5)
-            best_beta = per_gamma[best_gamma][0]
+            best_beta, best_gamma, per_gamma = _tune_rdp(score, base, bsrem_beta, rdp_gamma)
             out[drf] = dataclasses.replace(base, osem_iterations=best_osem[0], post_filter_mm=best_osem[1],
                                            bsrem_beta=best_beta, rdp_gamma=best_gamma)
             log.info("DRF %g: %s; BSREM-RDP PSNR per gamma: %s", drf, out[drf],
