@@ -55,6 +55,7 @@ from ..physics import ForwardModel
 from ..projector import Projector
 from ..psf import GaussianPSF
 from .atomic import atomic_path
+from .errors import FileFormatError
 from .nifti import save_nifti
 
 __all__ = [
@@ -75,8 +76,9 @@ _POSITION_TOL_MM = 2e-3
 _RECORD = np.dtype([("d0", "<i4"), ("d1", "<i4"), ("tof", "<i2"), ("pair", "u1"), ("pad", "u1"), ("eff", "<f4")])
 
 
-class PETSIRDFormatError(ValueError):
-    """A PETSIRD file is malformed, truncated, or uses something pettk cannot represent."""
+class PETSIRDFormatError(FileFormatError):
+    """A PETSIRD file is malformed, truncated, or uses something pettk cannot represent (a
+    :class:`~pettk.io.FileFormatError`, hence a ``ValueError``)."""
 
 
 def _petsird():
