@@ -13,12 +13,14 @@ from collections.abc import Sequence
 import numpy as np
 
 
-def as_positive_int(name: str, value, *, minimum: int = 1) -> int:
-    """Return ``value`` as an ``int`` >= ``minimum`` (bools are rejected)."""
+def as_positive_int(name: str, value, *, minimum: int = 1, maximum: int | None = None) -> int:
+    """Return ``value`` as an ``int`` >= ``minimum`` (and <= ``maximum`` if given; bools are rejected)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{name} must be an integer >= {minimum}, got {value!r} ({type(value).__name__})")
     if value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value}")
+    if maximum is not None and value > maximum:
+        raise ValueError(f"{name} must be an integer <= {maximum}, got {value}")
     return int(value)
 
 
@@ -45,6 +47,88 @@ def as_nonnegative_float(name: str, value) -> float:
     if not np.isfinite(value) or value < 0.0:
         raise ValueError(f"{name} must be a finite number >= 0, got {value}")
     return value
+
+
+def as_bounded_float(name: str, value, *, minimum: float | None = None, maximum: float | None = None,
+                     min_inclusive: bool = True, max_inclusive: bool = True) -> float:
+    """Return ``value`` as a finite ``float`` within ``[minimum, maximum]`` (either end open when
+    its ``*_inclusive`` flag is false, unbounded when ``None``); numpy scalars are accepted.
+
+    The limits keep downstream arithmetic finite: the message names the limit that was exceeded.
+    """
+    low = "-inf" if minimum is None else f"{minimum:g}"
+    high = "inf" if maximum is None else f"{maximum:g}"
+    left = "[" if min_inclusive and minimum is not None else "("
+    right = "]" if max_inclusive and maximum is not None else ")"
+    interval = f"{left}{low}, {high}{right}"
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a number in {interval}, got {value!r} ({type(value).__name__})")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be a finite number in {interval}, got {value}")
+    if minimum is not None and (value < minimum or (not min_inclusive and value == minimum)):
+        raise ValueError(f"{name} must be a finite number {'>=' if min_inclusive else '>'} {minimum:g}, "
+                         f"got {value:g}")
+    if maximum is not None and (value > maximum or (not max_inclusive and value == maximum)):
+        raise ValueError(f"{name} must be a finite number {'<=' if max_inclusive else '<'} {maximum:g} "
+                         f"(the limit), got {value:g}")
+    return value
+
+
+def check_finite_tensor(name: str, t) -> None:
+    """Raise a ``TypeError`` unless ``t`` is a floating-point tensor and a ``ValueError`` naming
+    ``name`` when it holds NaN or inf (one reduction; autograd is untouched)."""
+    import torch
+
+    if not isinstance(t, torch.Tensor):
+        raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
+    if not bool(torch.isfinite(t.detach()).all()):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+
+
+def as_device(name: str, value):
+    """Return ``value`` (a string or ``torch.device``; ``None`` passes through) as a ``torch.device``
+    that exists on this machine, or raise a ``ValueError`` naming it."""
+    import torch
+
+    if value is None:
+        return None
+    if isinstance(value, torch.device):
+        device = value
+    elif isinstance(value, str):
+        try:
+            device = torch.device(value)
+        except (RuntimeError, ValueError):
+            raise ValueError(f"{name} {value!r} is not a device (expected e.g. 'cpu' or 'cuda:0')") from None
+    else:
+        raise TypeError(f"{name} must be a device string or a torch.device, got {type(value).__name__}")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"{name} {value!r} is not available: this machine has no usable CUDA device")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"{name} {value!r} is not available: this machine has "
+                             f"{torch.cuda.device_count()} CUDA device(s)")
+    elif device.type == "mps":
+        if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ValueError(f"{name} {value!r} is not available on this machine")
+    elif device.type not in ("cpu", "meta"):
+        raise ValueError(f"{name} {value!r} is not supported (use 'cpu' or 'cuda')")
+    return device
+
+
+def as_bool_mask(name: str, value, shape) -> np.ndarray:
+    """Return ``value`` as a boolean numpy array of ``shape``; masks of other dtypes (float masks
+    that might hold NaN, integer label maps) are refused with a ``TypeError``."""
+    if hasattr(value, "detach"):
+        value = value.detach().cpu().numpy()
+    arr = np.asarray(value)
+    if arr.dtype != np.bool_:
+        raise TypeError(f"{name} must be a boolean mask, got dtype {arr.dtype}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} must have shape {tuple(shape)}, got {arr.shape}")
+    return arr
 
 
 def as_float_vector(name: str, value, length: int | None = None, *, positive: bool = False,
@@ -98,3 +182,13 @@ def as_point_array(name: str, value, ndim: int | None = None) -> np.ndarray:
     if not np.all(np.isfinite(arr)):
         raise ValueError(f"{name} must be finite; it holds {int(np.sum(~np.isfinite(arr)))} non-finite values")
     return arr
+
+
+#: Largest ``supersample`` (samples per voxel edge) the phantoms take: ``16**3`` points per voxel
+#: is already far past where partial-volume values stop changing.
+MAX_SUPERSAMPLE = 16
+
+
+def as_supersample(value) -> int:
+    """Return ``value`` as a supersampling factor in ``[1, MAX_SUPERSAMPLE]``."""
+    return as_positive_int("supersample", value, maximum=MAX_SUPERSAMPLE)

@@ -18,9 +18,19 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from ._validation import as_bounded_float
+
 __all__ = ["DEFAULT_EPS", "poisson_nll", "poisson_nll_gradient", "poisson_deviance"]
 
 DEFAULT_EPS = 1e-8
+
+#: ``eps`` must lie in ``(0, MAX_EPS]``: 0 makes ``log(eps)`` infinite, and a floor above one count
+#: would no longer be a small guard.
+MAX_EPS = 1.0
+
+
+def _eps(eps) -> float:
+    return as_bounded_float("eps", eps, minimum=0.0, maximum=MAX_EPS, min_inclusive=False)
 
 
 def _tensors(y, ybar):
@@ -47,6 +57,7 @@ def poisson_nll(y, ybar, eps: float = DEFAULT_EPS):
 
     Differentiable in ``ybar`` for torch input; numpy input gives a Python float.
     """
+    eps = _eps(eps)
     is_numpy = isinstance(ybar, np.ndarray)
     y_t, ybar_t = _tensors(y, ybar)
     value = (ybar_t - torch.xlogy(y_t, ybar_t.clamp_min(eps))).sum()
@@ -55,6 +66,7 @@ def poisson_nll(y, ybar, eps: float = DEFAULT_EPS):
 
 def poisson_deviance(y, ybar, eps: float = DEFAULT_EPS):
     """Poisson deviance ``2 sum(y log(y / max(ybar, eps)) - (y - ybar))`` (a scalar, >= 0 at ybar = y)."""
+    eps = _eps(eps)
     is_numpy = isinstance(ybar, np.ndarray)
     y_t, ybar_t = _tensors(y, ybar)
     value = 2.0 * (torch.xlogy(y_t, y_t) - torch.xlogy(y_t, ybar_t.clamp_min(eps)) - (y_t - ybar_t)).sum()
@@ -72,6 +84,7 @@ def poisson_nll_gradient(model, x, y, eps: float = DEFAULT_EPS):
 
     Returns the gradient in ``x``'s array type and shape.
     """
+    eps = _eps(eps)
     is_numpy = isinstance(x, np.ndarray)
     x_t = torch.as_tensor(x)
     ybar = model.forward(x_t)

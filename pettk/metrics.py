@@ -19,6 +19,8 @@ import math
 import numpy as np
 from skimage.metrics import structural_similarity
 
+from ._validation import as_bool_mask, as_nonnegative_float
+
 __all__ = ["psnr", "ssim", "nrmse", "contrast_recovery", "background_variability", "poisson_deviance"]
 
 
@@ -96,12 +98,11 @@ def contrast_recovery(x, hot_mask, background_mask, true_contrast: float) -> flo
 
     For cold regions (``true_contrast`` = 0) this is ``1 - mean_cold / mean_bg`` (NEMA NU 2).
     """
+    true_contrast = as_nonnegative_float("true_contrast", true_contrast)
     a = _np("x", x)
-    hot = np.asarray(hot_mask, dtype=bool)
-    bg = np.asarray(background_mask, dtype=bool)
+    hot = as_bool_mask("hot_mask", hot_mask, a.shape)
+    bg = as_bool_mask("background_mask", background_mask, a.shape)
     for name, m in (("hot_mask", hot), ("background_mask", bg)):
-        if m.shape != a.shape:
-            raise ValueError(f"{name} must have shape {a.shape}, got {m.shape}")
         if not m.any():
             raise ValueError(f"{name} is empty")
     mean_bg = float(a[bg].mean())
@@ -121,12 +122,12 @@ def background_variability(x, background_rois) -> float:
     ``background_rois`` is a sequence of boolean masks (at least two).
     """
     a = _np("x", x)
-    rois = [np.asarray(m, dtype=bool) for m in background_rois]
+    rois = [as_bool_mask(f"background_rois[{i}]", m, a.shape) for i, m in enumerate(background_rois)]
     if len(rois) < 2:
         raise ValueError(f"background_rois needs at least 2 masks, got {len(rois)}")
     means = []
     for i, m in enumerate(rois):
-        if m.shape != a.shape or not m.any():
+        if not m.any():
             raise ValueError(f"background_rois[{i}] must be a non-empty mask of shape {a.shape}")
         means.append(float(a[m].mean()))
     means = np.asarray(means)

@@ -24,7 +24,7 @@ import numbers
 import numpy as np
 import torch
 
-from ._validation import as_float_vector
+from ._validation import as_device, as_float_vector
 from .projector import Projector
 from .psf import GaussianPSF
 
@@ -370,17 +370,17 @@ class ForwardModel:
 
     def linear(self, x):
         """The linear part ``mult * P(psf(x))`` for ``x`` of shape ``(..., *shape_in)``."""
-        return self._wrap(x, self._linear)
+        return self._wrap(x, self._linear, "x", self.shape_in)
 
     def forward(self, x):
         """Expected counts ``mult * P(psf(x)) + additive``, shape ``(..., *shape_out)``."""
-        return self._wrap(x, self._forward)
+        return self._wrap(x, self._forward, "x", self.shape_in)
 
     __call__ = forward
 
     def adjoint(self, y):
         """Exact adjoint of the linear part: ``psf(P^T(mult * y))``, shape ``(..., *shape_in)``."""
-        return self._wrap(y, self._adjoint)
+        return self._wrap(y, self._adjoint, "y", self.shape_out)
 
     def _linear(self, x: torch.Tensor) -> torch.Tensor:
         if self.psf is not None:
@@ -421,7 +421,12 @@ class ForwardModel:
         return x if self.psf is None else self.psf.adjoint(x)
 
     @staticmethod
-    def _wrap(data, fn):
+    def _wrap(data, fn, name: str = "input", shape=None):
+        if shape is not None and isinstance(data, (np.ndarray, torch.Tensor)):
+            core = tuple(shape)
+            got = tuple(data.shape)
+            if len(got) < len(core) or got[len(got) - len(core):] != core:
+                raise ValueError(f"{name} must have shape (..., {', '.join(map(str, core))}), got {got}")
         if isinstance(data, np.ndarray):
             with torch.no_grad():
                 return fn(torch.from_numpy(np.ascontiguousarray(data))).numpy()
@@ -431,6 +436,7 @@ class ForwardModel:
 
     def _cache_device(self, device) -> torch.device:
         """``device`` as a full torch device (default: where the sinograms are)."""
+        device = as_device("device", device)
         if device is None:
             held = self.mult if self.mult is not None else self.additive
             device = held.device if held is not None else torch.device("cpu")
@@ -534,6 +540,10 @@ class ForwardModel:
     def to(self, device=None, dtype=None) -> ForwardModel:
         """A copy of the model with its sinograms on ``device`` (and of ``dtype``), with a fresh
         sensitivity cache."""
+        device = as_device("device", device)
+        if dtype is not None and not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+            raise TypeError(f"dtype must be a floating-point torch dtype, got {dtype!r}")
+
         def move(t):
             return None if t is None else t.to(device=device, dtype=dtype)
         return ForwardModel._from_parts(self.projector, self.psf, move(self.mult), move(self.additive))

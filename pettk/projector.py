@@ -169,6 +169,14 @@ class Projector:
 
         ``full_shape`` is the geometry's shape (plus the TOF axis for TOF sinograms).
         """
+        if isinstance(y_full, (list, tuple)):
+            try:
+                y_full = np.asarray(y_full)
+            except ValueError:
+                raise ValueError("y_full is a ragged sequence, not an array") from None
+        if not isinstance(y_full, (np.ndarray, torch.Tensor)):
+            raise TypeError(f"y_full must be a numpy array, a torch tensor or a (nested) list, "
+                            f"got {type(y_full).__name__}")
         full = self._full_shape
         shape = tuple(y_full.shape)
         if len(shape) < len(full) or shape[len(shape) - len(full):] != full:

@@ -10,10 +10,16 @@ import numpy as np
 import torch
 
 from ._filters import FWHM_PER_SIGMA, gaussian_filter
-from ._validation import as_float_vector
+from ._validation import as_bounded_float, as_float_vector
 from .geometry import ImageGrid
 
 __all__ = ["GaussianPSF"]
+
+#: ``truncate`` (standard deviations) must lie in ``(0, MAX_TRUNCATE]``.
+MAX_TRUNCATE = 20.0
+#: A FWHM may be at most this many times the image's extent along its axis: wider kernels blur
+#: everything flat anyway, and an unbounded one would allocate without limit.
+MAX_FWHM_PER_EXTENT = 10.0
 
 
 class GaussianPSF:
@@ -42,9 +48,17 @@ class GaussianPSF:
         fwhm = as_float_vector("fwhm_mm", fwhm_mm, grid.ndim)
         if np.any(fwhm < 0):
             raise ValueError(f"fwhm_mm must be >= 0 on every axis, got {fwhm.tolist()}")
+        extent = np.asarray(grid.shape, dtype=np.float64) * np.asarray(grid.voxel_size_mm, dtype=np.float64)
+        limit = MAX_FWHM_PER_EXTENT * extent
+        if np.any(fwhm > limit):
+            axis = int(np.argmax(fwhm > limit))
+            raise ValueError(f"fwhm_mm[{axis}] = {fwhm[axis]:g} mm is far larger than the image "
+                             f"({extent[axis]:g} mm along that axis); it must be <= {limit[axis]:g} mm "
+                             f"({MAX_FWHM_PER_EXTENT:g} x the extent)")
         self.grid = grid
         self.fwhm_mm = tuple(float(f) for f in fwhm)
-        self.truncate = float(truncate)
+        self.truncate = as_bounded_float("truncate", truncate, minimum=0.0, maximum=MAX_TRUNCATE,
+                                         min_inclusive=False)
         self.sigma_voxels = tuple(f / FWHM_PER_SIGMA / v for f, v in zip(self.fwhm_mm, grid.voxel_size_mm))
         self.shape_in = self.shape_out = tuple(grid.shape)
 

@@ -15,6 +15,10 @@ from ..physics import ForwardModel, _subset_sensitivities
 #: Voxels whose sensitivity is below this fraction of the maximum are outside the field of view.
 SENSITIVITY_FLOOR = 1e-6
 
+#: The data's total counts may be at most this fraction of the dtype's largest value, so that the
+#: sums and projections of the iterations cannot overflow.
+COUNT_SUM_HEADROOM = 1e-6
+
 #: The progress bar of the :func:`run` in progress (``None``: silent). The iterate generators run
 #: inside ``run``'s loop, so :func:`prepare` and :func:`split_subsets` see it and show their steps
 #: (sensitivity back projections, subsets within an epoch) without a parameter of their own.
@@ -91,6 +95,11 @@ def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None, progress=N
         raise ValueError("y contains non-finite values (NaN or inf)")
     if bool((y_t < 0).any()):
         raise ValueError(f"y holds counts and must be >= 0; its minimum is {float(y_t.min()):.4g}")
+    total = float(y_t.sum(dtype=torch.float64))
+    limit = COUNT_SUM_HEADROOM * float(torch.finfo(dtype).max)
+    if not total <= limit:
+        raise ValueError(f"y's total counts ({total:.4g}) are too large for {dtype}: sums over the data must "
+                         f"stay below {limit:.4g}; scale the data down or use float64")
     shape = tuple(model.shape_in)
     if n_subsets is not None:
         n_subsets = as_positive_int("n_subsets", n_subsets)
@@ -106,14 +115,21 @@ def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None, progress=N
             raise ValueError(f"mask must have shape {shape}, got {tuple(m.shape)}")
         fov = fov & m
     if x0 is None:
-        net = y_t.sum() - (model.additive.sum() if model.additive is not None else 0.0)
+        net = total - (float(model.additive.sum(dtype=torch.float64)) if model.additive is not None else 0.0)
         per_voxel = torch.zeros((), dtype=dtype, device=y_t.device)
         expected_per_unit = float((sens * fov).sum())
-        if expected_per_unit > 0 and float(net) > 0:
+        if expected_per_unit > 0 and net > 0:
             per_voxel = torch.as_tensor(float(net) / expected_per_unit, dtype=dtype, device=y_t.device)
         x0_t = torch.where(fov, per_voxel.clamp_min(1e-6), torch.zeros((), dtype=dtype, device=y_t.device))
     else:
-        x0_t = torch.as_tensor(x0).to(device=y_t.device, dtype=dtype).clone()
+        if isinstance(x0, torch.Tensor):
+            x0_t = x0.detach()
+        else:
+            try:
+                x0_t = torch.as_tensor(np.asarray(x0, dtype=np.float64))
+            except (TypeError, ValueError):
+                raise TypeError(f"x0 must be a numpy array, a torch tensor or None, got {type(x0).__name__}") from None
+        x0_t = x0_t.to(device=y_t.device, dtype=dtype).clone()
         if tuple(x0_t.shape) != shape:
             raise ValueError(f"x0 must have shape {shape}, got {tuple(x0_t.shape)}")
         if not bool(torch.isfinite(x0_t).all()) or bool((x0_t < 0).any()):

@@ -23,6 +23,12 @@ __all__ = ["mlem", "mlem_iterates", "osem", "osem_iterates", "em_step"]
 def em_step(model, y: torch.Tensor, x: torch.Tensor, sens: torch.Tensor, mask: torch.Tensor,
             fused: bool = True) -> torch.Tensor:
     """One EM update of ``x`` (in place when fused) for ``model`` and its data ``y``."""
+    for name, t, shape in (("y", y, model.shape_out), ("x", x, model.shape_in), ("sens", sens, model.shape_in),
+                           ("mask", mask, model.shape_in)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
+        if tuple(t.shape) != tuple(shape):
+            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
     ybar = model.forward(x)
     floor = SENSITIVITY_FLOOR * float(sens.max())
     if fused:

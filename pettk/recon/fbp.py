@@ -15,11 +15,19 @@ import math
 import numpy as np
 import torch
 
+from .._validation import as_bounded_float, as_positive_float, as_positive_int
 from ..geometry import ImageGrid, ParallelBeam2D
 
 __all__ = ["fbp", "ramp_filter", "WINDOWS"]
 
 WINDOWS = ("ramp", "shepp-logan", "cosine", "hamming", "hann")
+
+#: Largest ``n_radial`` :func:`ramp_filter` takes (the filter has about twice as many samples).
+MAX_RADIAL_BINS = 2 ** 20
+#: Radial spacings :func:`ramp_filter` takes (mm): far outside any scanner, and beyond them the
+#: filter's ``1 / spacing**2`` terms overflow.
+MIN_SPACING_MM = 1e-6
+MAX_SPACING_MM = 1e6
 
 
 def ramp_filter(n_radial: int, spacing_mm: float, window: str = "ramp", cutoff: float = 1.0,
@@ -29,10 +37,12 @@ def ramp_filter(n_radial: int, spacing_mm: float, window: str = "ramp", cutoff: 
     ``cutoff`` in (0, 1] is the fraction of the Nyquist frequency where the window reaches zero
     (windows other than ``"ramp"``).
     """
-    if window not in WINDOWS:
+    n_radial = as_positive_int("n_radial", n_radial, maximum=MAX_RADIAL_BINS)
+    spacing_mm = as_bounded_float("spacing_mm", as_positive_float("spacing_mm", spacing_mm),
+                                  minimum=MIN_SPACING_MM, maximum=MAX_SPACING_MM)
+    if not isinstance(window, str) or window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
-    if not 0.0 < cutoff <= 1.0:
-        raise ValueError(f"cutoff must be in (0, 1], got {cutoff!r}")
+    cutoff = as_bounded_float("cutoff", cutoff, minimum=0.0, maximum=1.0, min_inclusive=False)
     size = max(64, 1 << int(math.ceil(math.log2(2 * n_radial))))
     n = torch.cat([torch.arange(0, size // 2 + 1), torch.arange(-(size // 2) + 1, 0)]).to(torch.float64)
     h = torch.zeros(size, dtype=torch.float64)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from .._validation import check_finite_tensor
 from ..geometry import ImageGrid
 from ..psf import GaussianPSF
 
@@ -23,7 +24,9 @@ def post_filter(x, grid: ImageGrid, fwhm_mm):
     nd = grid.ndim
     if tuple(x.shape[x.ndim - nd:]) != tuple(grid.shape):
         raise ValueError(f"x must have shape (..., {', '.join(map(str, grid.shape))}), got {tuple(x.shape)}")
+    x_t = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    check_finite_tensor("x", x_t)
     if isinstance(x, np.ndarray):
         with torch.no_grad():
-            return psf(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            return psf(x_t).numpy()
     return psf(x)

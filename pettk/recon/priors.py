@@ -46,7 +46,7 @@ import math
 import numpy as np
 import torch
 
-from .._validation import as_positive_float
+from .._validation import as_bounded_float, as_positive_float, check_finite_tensor
 from ..backends import _prior_cpu as K
 from ..backends._threads import keep_torch_threads
 from ..geometry import ImageGrid
@@ -80,6 +80,17 @@ def _slices(offset, n_lead: int):
 
 
 _BACKENDS = ("auto", "numba", "torch")
+
+#: Bounds of the numeric knobs, which keep the priors' values, gradients and curvatures finite
+#: for finite images: ``gamma`` in ``[0, MAX_GAMMA]``, ``epsilon``/``delta`` in
+#: ``[MIN_SMOOTHING, MAX_SMOOTHING]``.
+MAX_GAMMA = 1e6
+MIN_SMOOTHING = 1e-15
+MAX_SMOOTHING = 1e6
+
+
+def _smoothing(name: str, value) -> float:
+    return as_bounded_float(name, as_positive_float(name, value), minimum=MIN_SMOOTHING, maximum=MAX_SMOOTHING)
 _KERNEL_METHODS = ("_phi", "_dphi", "_d2phi", "_d2phi_bound")
 
 
@@ -228,9 +239,12 @@ class Prior:
     def _check(self, x: torch.Tensor) -> None:
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x must be a torch tensor, got {type(x).__name__}")
+        if not x.is_floating_point():
+            raise TypeError(f"x must be a floating-point tensor, got dtype {x.dtype}")
         nd = self.grid.ndim
         if tuple(x.shape[x.ndim - nd:]) != tuple(self.grid.shape):
             raise ValueError(f"x must have shape (..., {', '.join(map(str, self.grid.shape))}), got {tuple(x.shape)}")
+        check_finite_tensor("x", x)
 
     def _each_pair(self, x: torch.Tensor):
         """Yield ``(slice_j, slice_k, weight)``; weight is a float or a tensor over the overlap."""
@@ -350,10 +364,8 @@ class RelativeDifferencePrior(Prior):
 
     def __init__(self, grid: ImageGrid, gamma: float = 2.0, epsilon: float = 1e-6, kappa=None):
         super().__init__(grid, kappa)
-        if not (isinstance(gamma, (int, float)) and math.isfinite(gamma) and gamma >= 0):
-            raise ValueError(f"gamma must be a finite number >= 0, got {gamma!r}")
-        self.gamma = float(gamma)
-        self.epsilon = as_positive_float("epsilon", epsilon)
+        self.gamma = as_bounded_float("gamma", gamma, minimum=0.0, maximum=MAX_GAMMA)
+        self.epsilon = _smoothing("epsilon", epsilon)
 
     def _kernel_params(self):
         return self.gamma, self.epsilon
@@ -390,7 +402,7 @@ class SmoothedTVPrior(Prior):
 
     def __init__(self, grid: ImageGrid, delta: float = 1e-2, kappa=None):
         super().__init__(grid, kappa)
-        self.delta = as_positive_float("delta", delta)
+        self.delta = _smoothing("delta", delta)
 
     def _kernel_params(self):
         return self.delta, 0.0

@@ -29,7 +29,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .._validation import as_float_vector, as_nonnegative_int, as_positive_float, as_positive_int
+from .._validation import as_float_vector, as_nonnegative_int, as_positive_float, as_supersample
 from ..geometry import ImageGrid
 
 __all__ = [
@@ -107,7 +107,7 @@ def ellipse_phantom_2d(grid: ImageGrid, ellipses, half_width_mm: float, supersam
         raise ValueError(f"ellipses must have shape (n, 6), got {table.shape}")
     if not half_width_mm > 0:
         raise ValueError(f"half_width_mm must be > 0, got {half_width_mm}")
-    supersample = as_positive_int("supersample", supersample)
+    supersample = as_supersample(supersample)
     x, y = _supersampled_points(grid, supersample)
     x = x / half_width_mm
     y = y / half_width_mm
@@ -357,7 +357,7 @@ def ellipsoid_phantom_3d(grid: ImageGrid, ellipsoids, half_width_mm: float, supe
     if np.any(table[:, 1:4] <= 0):
         raise ValueError(f"ellipsoids semi-axes (columns 1-3) must be > 0, got {table[:, 1:4].tolist()}")
     hw = as_positive_float("half_width_mm", half_width_mm)
-    s = as_positive_int("supersample", supersample)
+    s = as_supersample(supersample)
     image = np.zeros(grid.shape)
     for value, a, b, c, x0, y0, z0, phi in table:
         a, b, c, x0, y0, z0 = (hw * t for t in (a, b, c, x0, y0, z0))
@@ -822,7 +822,7 @@ def brain_phantom(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int = 0
     grid = _check_grid(grid)
     name = _tracer_name(tracer)
     n_lesions = as_nonnegative_int("lesions", lesions)
-    s = as_positive_int("supersample", supersample)
+    s = as_supersample(supersample)
     rng = _make_rng(seed)
     anatomy = _Anatomy(rng)
     placed = _place_lesions(grid, anatomy, rng, n_lesions)
@@ -1020,7 +1020,7 @@ def uniform_cylinder(grid: ImageGrid, radius_mm: float, value: float = 1.0, leng
         raise ValueError(f"length_mm applies to 3D grids only, got length_mm={length_mm} for a 2D grid")
     centre = (_grid_centre(grid) if centre_mm is None
               else as_float_vector("centre_mm", centre_mm, grid.ndim, broadcast_scalar=False))
-    s = as_positive_int("supersample", supersample)
+    s = as_supersample(supersample)
     _check_fits_xy(grid, centre, r, f"a cylinder of radius_mm={r}")
     disk = value * _disk_fraction(grid, centre, r, s)
     if grid.ndim == 2:
@@ -1105,7 +1105,7 @@ def hot_spheres(grid: ImageGrid, background_radius_mm: float, sphere_radii_mm=(5
         raise ValueError("sphere_radii_mm must hold at least one radius, got an empty sequence")
     contrast = _as_real("contrast", contrast, minimum=0.0)
     background = _as_real("background", background, minimum=0.0, strict=True)
-    s = as_positive_int("supersample", supersample)
+    s = as_supersample(supersample)
     angle0 = _seeded_angle(seed)
     centre = _grid_centre(grid)
     _check_fits_xy(grid, centre, bg_r, f"a background cylinder of background_radius_mm={bg_r}")
@@ -1205,7 +1205,7 @@ def nema_iq_phantom(grid: ImageGrid, supersample: int = 4) -> ContrastPhantom:
         than the largest sphere.
     """
     grid = _check_grid(grid)
-    s = as_positive_int("supersample", supersample)
+    s = as_supersample(supersample)
     centre = _grid_centre(grid)
     half = 0.5 * np.asarray(grid.extent_mm[:2]) - np.asarray(grid.voxel_size_mm[:2])
     k = min(1.0, half[0] / _NEMA_R_TOP, half[1] / (_NEMA_R_TOP - _NEMA_OFFSET))

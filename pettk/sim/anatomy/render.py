@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ..._validation import as_nonnegative_int, as_positive_int
+from ..._validation import as_nonnegative_int, as_supersample
 from ...geometry import ImageGrid
 from ..phantoms import BrainPhantom, Lesion
 from .labelling import classify
@@ -255,7 +255,7 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     n_lesions = as_nonnegative_int("lesions", lesions)
     if n_lesions > _MAX_LESIONS:
         raise ValueError(f"lesions must be at most {_MAX_LESIONS}, got {n_lesions}")
-    s = as_positive_int("supersample", supersample)
+    s = as_supersample(supersample)
     if s > 8:
         raise ValueError(f"supersample must be between 1 and 8, got {s}")
     rng = _make_rng(seed)
