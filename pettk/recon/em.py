@@ -20,15 +20,29 @@ from ._common import SENSITIVITY_FLOOR, ReconState, check_iterations, prepare, r
 __all__ = ["mlem", "mlem_iterates", "osem", "osem_iterates", "em_step"]
 
 
+def _check_shapes(model, y, x, sens, mask) -> None:
+    """``y`` ``(..., *shape_out)`` and ``x`` ``(..., *shape_in)`` with the same batch dims; ``sens`` and
+    ``mask`` ``shape_in``: a ``ValueError`` naming the expected shape before any work."""
+    lead = None
+    for name, t, core, batched in (("y", y, model.shape_out, True), ("x", x, model.shape_in, True),
+                                   ("sens", sens, model.shape_in, False), ("mask", mask, model.shape_in, False)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
+        core, got = tuple(core), tuple(t.shape)
+        n = len(got) - len(core)
+        if n < 0 or got[n:] != core or (not batched and n):
+            expected = f"(..., {', '.join(map(str, core))})" if batched else str(core)
+            raise ValueError(f"{name} must have shape {expected}, got {got}")
+        if batched:
+            if lead is not None and got[:n] != lead and got[:n] and lead:
+                raise ValueError(f"y and x must have the same batch dims, got {lead} and {got[:n]}")
+            lead = got[:n] if lead is None else lead
+
+
 def em_step(model, y: torch.Tensor, x: torch.Tensor, sens: torch.Tensor, mask: torch.Tensor,
             fused: bool = True) -> torch.Tensor:
     """One EM update of ``x`` (in place when fused) for ``model`` and its data ``y``."""
-    for name, t, shape in (("y", y, model.shape_out), ("x", x, model.shape_in), ("sens", sens, model.shape_in),
-                           ("mask", mask, model.shape_in)):
-        if not isinstance(t, torch.Tensor):
-            raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
-        if tuple(t.shape) != tuple(shape):
-            raise ValueError(f"{name} must have shape {tuple(shape)}, got {tuple(t.shape)}")
+    _check_shapes(model, y, x, sens, mask)
     ybar = model.forward(x)
     floor = SENSITIVITY_FLOOR * float(sens.max())
     if fused:
