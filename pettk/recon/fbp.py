@@ -15,7 +15,7 @@ import math
 import numpy as np
 import torch
 
-from .._validation import as_bounded_float, as_positive_float, as_positive_int
+from .._validation import as_bounded_float, as_device, as_positive_float, as_positive_int
 from ..geometry import ImageGrid, ParallelBeam2D
 
 __all__ = ["fbp", "ramp_filter", "WINDOWS"]
@@ -43,6 +43,7 @@ def ramp_filter(n_radial: int, spacing_mm: float, window: str = "ramp", cutoff: 
     if not isinstance(window, str) or window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
     cutoff = as_bounded_float("cutoff", cutoff, minimum=0.0, maximum=1.0, min_inclusive=False)
+    device = as_device("device", device)
     size = max(64, 1 << int(math.ceil(math.log2(2 * n_radial))))
     n = torch.cat([torch.arange(0, size // 2 + 1), torch.arange(-(size // 2) + 1, 0)]).to(torch.float64)
     h = torch.zeros(size, dtype=torch.float64)
