@@ -211,3 +211,21 @@ def test_knobs_refused_or_finite(fwhm, gamma, epsilon, truncate, scale):
     _finite_or_refused(lambda: rdp(G2, gamma=gamma, epsilon=epsilon).gradient(x.double()))
     _finite_or_refused(lambda: tv(G2, delta=epsilon).hessian_diagonal(x))
     _finite_or_refused(lambda: ramp_filter(23, fwhm))
+
+
+def test_recon_inputs_of_the_wrong_kind():
+    y = _y2()
+    with pytest.raises(TypeError, match="mask must be a boolean image, got dtype object"):
+        osem(FM2, y, 1, 2, mask=object())
+    with pytest.raises(TypeError, match="mask must be a boolean image, got dtype float64"):
+        osem(FM2, y, 1, 2, mask=np.full((16, 16), math.nan))
+    with pytest.raises(TypeError, match="y must hold real counts"):
+        osem(FM2, y.to(torch.complex64), 1, 2)
+    x = osem(FM2, y, 1, 2, mask=(np.ones((16, 16), dtype=bool)).tolist())
+    assert torch.isfinite(x).all()
+
+
+def test_ramp_cutoff_bounded():
+    with pytest.raises(ValueError, match=r"cutoff must be a finite number >= 1e-06"):
+        ramp_filter(23, 1.0, "hann", 1e-300)
+    assert torch.isfinite(ramp_filter(23, 1.0, "hann", 1e-6)).all()

@@ -88,6 +88,8 @@ def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None, progress=N
         raise TypeError(f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
     if tuple(y_t.shape) != tuple(model.shape_out):
         raise ValueError(f"y must have shape {tuple(model.shape_out)}, got {tuple(y_t.shape)}")
+    if y_t.is_complex():
+        raise TypeError(f"y must hold real counts, got dtype {y_t.dtype}")
     if dtype is None:
         dtype = y_t.dtype if y_t.is_floating_point() else torch.float32
     y_t = y_t.to(dtype)
@@ -108,9 +110,14 @@ def prepare(model, y, x0=None, mask=None, dtype=None, n_subsets=None, progress=N
     sens = model.sensitivity(dtype, y_t.device)
     fov = sens > SENSITIVITY_FLOOR * float(sens.max())
     if mask is not None:
-        m = torch.as_tensor(mask, device=y_t.device)
-        if m.dtype != torch.bool:
-            raise TypeError(f"mask must be a boolean image, got dtype {m.dtype}")
+        if not isinstance(mask, (np.ndarray, torch.Tensor)):
+            try:
+                mask = np.asarray(mask)
+            except (TypeError, ValueError):
+                raise TypeError(f"mask must be a boolean image, got {type(mask).__name__}") from None
+        m = torch.as_tensor(mask, device=y_t.device) if mask.dtype != object else None
+        if m is None or m.dtype != torch.bool:
+            raise TypeError(f"mask must be a boolean image, got dtype {mask.dtype}")
         if tuple(m.shape) != shape:
             raise ValueError(f"mask must have shape {shape}, got {tuple(m.shape)}")
         fov = fov & m

@@ -27,6 +27,8 @@ MAX_RADIAL_BINS = 2 ** 20
 #: Radial spacings :func:`ramp_filter` takes (mm): far outside any scanner, and beyond them the
 #: filter's ``1 / spacing**2`` terms overflow.
 MIN_SPACING_MM = 1e-6
+#: Smallest window ``cutoff`` (fraction of Nyquist): below it the window keeps only the DC term.
+MIN_CUTOFF = 1e-6
 MAX_SPACING_MM = 1e6
 
 
@@ -34,7 +36,7 @@ def ramp_filter(n_radial: int, spacing_mm: float, window: str = "ramp", cutoff: 
                 dtype=torch.float64, device=None) -> torch.Tensor:
     """Frequency response (length ``P``, the padded size) of the windowed discrete ramp filter.
 
-    ``cutoff`` in (0, 1] is the fraction of the Nyquist frequency where the window reaches zero
+    ``cutoff`` in [1e-6, 1] is the fraction of the Nyquist frequency where the window reaches zero
     (windows other than ``"ramp"``).
     """
     n_radial = as_positive_int("n_radial", n_radial, maximum=MAX_RADIAL_BINS)
@@ -42,7 +44,7 @@ def ramp_filter(n_radial: int, spacing_mm: float, window: str = "ramp", cutoff: 
                                   minimum=MIN_SPACING_MM, maximum=MAX_SPACING_MM)
     if not isinstance(window, str) or window not in WINDOWS:
         raise ValueError(f"window must be one of {', '.join(WINDOWS)}, got {window!r}")
-    cutoff = as_bounded_float("cutoff", cutoff, minimum=0.0, maximum=1.0, min_inclusive=False)
+    cutoff = as_bounded_float("cutoff", cutoff, minimum=MIN_CUTOFF, maximum=1.0)
     device = as_device("device", device)
     size = max(64, 1 << int(math.ceil(math.log2(2 * n_radial))))
     n = torch.cat([torch.arange(0, size // 2 + 1), torch.arange(-(size // 2) + 1, 0)]).to(torch.float64)
