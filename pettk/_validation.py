@@ -75,17 +75,32 @@ def as_bounded_float(name: str, value, *, minimum: float | None = None, maximum:
     return value
 
 
-def check_finite_tensor(name: str, t) -> None:
+def check_finite_tensor(name: str, t, *, max_abs_fraction: float | None = None) -> None:
     """Raise a ``TypeError`` unless ``t`` is a floating-point tensor and a ``ValueError`` naming
-    ``name`` when it holds NaN or inf (one reduction; autograd is untouched)."""
+    ``name`` when it holds NaN or inf (one reduction; autograd is untouched).
+
+    With ``max_abs_fraction``, values are also limited to ``max_abs_fraction * sqrt(finfo.max)``
+    of ``t``'s dtype (squares and sums of squares then stay finite); the same single reduction.
+    Half precision (float16), whose range is too narrow for such a limit, is only checked for
+    finiteness.
+    """
     import torch
 
     if not isinstance(t, torch.Tensor):
         raise TypeError(f"{name} must be a torch tensor, got {type(t).__name__}")
     if not t.is_floating_point():
         raise TypeError(f"{name} must be a floating-point tensor, got dtype {t.dtype}")
-    if not bool(torch.isfinite(t.detach()).all()):
+    if max_abs_fraction is None or t.numel() == 0 or torch.finfo(t.dtype).max < 1e38:
+        if not bool(torch.isfinite(t.detach()).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        return
+    largest = float(t.detach().abs().max())  # NaN propagates through max
+    if not np.isfinite(largest):
         raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    limit = max_abs_fraction * float(np.sqrt(torch.finfo(t.dtype).max))
+    if largest > limit:
+        raise ValueError(f"{name} holds values up to {largest:.4g}, beyond the limit {limit:.4g} for {t.dtype} "
+                         f"(results would overflow); rescale the image or use float64")
 
 
 def as_device(name: str, value):

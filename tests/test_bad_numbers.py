@@ -229,3 +229,13 @@ def test_ramp_cutoff_bounded():
     with pytest.raises(ValueError, match=r"cutoff must be a finite number >= 1e-06"):
         ramp_filter(23, 1.0, "hann", 1e-300)
     assert torch.isfinite(ramp_filter(23, 1.0, "hann", 1e-6)).all()
+
+
+def test_prior_images_too_large_for_the_dtype():
+    x = _x2(torch.float32) * 1e20
+    with pytest.raises(ValueError, match=r"x holds values up to .* beyond the limit 1.8\d*e\+16 for torch.float32"):
+        quadratic(G2).value(x)
+    g, h = rdp(G2).gradient_and_hessian_diagonal(x.double())
+    assert torch.isfinite(g).all() and torch.isfinite(h).all()
+    v = quadratic(G2).value(_x2(torch.float32) * 1e16)
+    assert torch.isfinite(v)

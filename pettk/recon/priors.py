@@ -87,6 +87,9 @@ _BACKENDS = ("auto", "numba", "torch")
 MAX_GAMMA = 1e6
 MIN_SMOOTHING = 1e-15
 MAX_SMOOTHING = 1e6
+#: Image values may reach ``MAX_ABS_FRACTION * sqrt(finfo(dtype).max)`` (1.8e16 in float32): sums of
+#: squared differences over the image then stay finite.
+MAX_ABS_FRACTION = 1e-3
 
 
 def _smoothing(name: str, value) -> float:
@@ -244,7 +247,7 @@ class Prior:
         nd = self.grid.ndim
         if tuple(x.shape[x.ndim - nd:]) != tuple(self.grid.shape):
             raise ValueError(f"x must have shape (..., {', '.join(map(str, self.grid.shape))}), got {tuple(x.shape)}")
-        check_finite_tensor("x", x)
+        check_finite_tensor("x", x, max_abs_fraction=MAX_ABS_FRACTION)
 
     def _each_pair(self, x: torch.Tensor):
         """Yield ``(slice_j, slice_k, weight)``; weight is a float or a tensor over the overlap."""
