@@ -132,10 +132,11 @@ class ClassicalSettings:
 #: subjects × 2 slices (seeds 50000+) over beta ∈ {0.1, 0.3, 1, 3, 10} × gamma ∈ {0.5, 2, 5, 20}
 #: (mean PSNR at DRF 20, best beta per gamma: 22.70 dB at gamma 0.5 / beta 0.3, 22.45 at 2 / 1,
 #: **22.72 at 5 / 1**, 22.63 at 20 / 3; at DRF 4: 24.46 at 0.5 / 0.3, **24.58 at 2 / 1**,
-#: 24.52 at 5 / 1, 24.29 at 20 / 3; see ``docs/bsrem.md``).
+#: 24.52 at 5 / 1, 24.29 at 20 / 3; at DRF 100: **21.25 at 0.5 / 0.3** (the grid extended to gamma
+#: 0.2: 21.23), 21.22 at 2 / 0.3, 21.21 at 5 / 1, 21.15 at 20 / 3; see ``docs/bsrem.md``).
 TUNED = {4.0: ClassicalSettings(osem_iterations=4, post_filter_mm=4.0, bsrem_beta=1.0, rdp_gamma=2.0),
          20.0: ClassicalSettings(osem_iterations=2, post_filter_mm=4.0, bsrem_beta=1.0, rdp_gamma=5.0),
-         100.0: ClassicalSettings(osem_iterations=1, post_filter_mm=8.0, bsrem_beta=0.3)}
+         100.0: ClassicalSettings(osem_iterations=1, post_filter_mm=8.0, bsrem_beta=0.3, rdp_gamma=0.5)}
 
 
 def _filtered(x: torch.Tensor, grid: ImageGrid, fwhm_mm: float) -> torch.Tensor:
