@@ -146,6 +146,17 @@ def as_bool_mask(name: str, value, shape) -> np.ndarray:
     return arr
 
 
+def as_lowercase_choice(name: str, value, choices) -> str:
+    """Return the string ``value`` lower-cased if it is one of ``choices`` (lower-case strings)."""
+    valid = ", ".join(repr(c) for c in choices)
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {valid}; got {value!r} ({type(value).__name__})")
+    lowered = value.lower()
+    if lowered not in choices:
+        raise ValueError(f"{name} must be one of {valid}; got {value!r}")
+    return lowered
+
+
 def as_float_vector(name: str, value, length: int | None = None, *, positive: bool = False,
                     broadcast_scalar: bool = True) -> np.ndarray:
     """Return ``value`` as a finite float64 vector of ``length`` entries.

@@ -29,7 +29,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from .._validation import as_float_vector, as_nonnegative_int, as_positive_float, as_supersample
+from .._validation import as_float_vector, as_lowercase_choice, as_nonnegative_int, as_positive_float, as_supersample
 from ..geometry import ImageGrid
 
 __all__ = [
@@ -732,13 +732,7 @@ def _render_brain(grid: ImageGrid, anatomy: _Anatomy, lesions: tuple, s: int, ac
 
 
 def _tracer_name(tracer) -> str:
-    valid = ", ".join(repr(t) for t in TRACER_ACTIVITY)
-    if not isinstance(tracer, str):
-        raise TypeError(f"tracer must be a string, one of {valid}; got {tracer!r} ({type(tracer).__name__})")
-    name = tracer.lower()
-    if name not in TRACER_ACTIVITY:
-        raise ValueError(f"tracer must be one of {valid}; got {tracer!r}")
-    return name
+    return as_lowercase_choice("tracer", tracer, tuple(TRACER_ACTIVITY))
 
 
 def _table(mapping) -> np.ndarray:

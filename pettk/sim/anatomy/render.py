@@ -14,7 +14,7 @@ from types import MappingProxyType
 
 import numpy as np
 
-from ..._validation import as_nonnegative_int, as_supersample
+from ..._validation import as_lowercase_choice, as_nonnegative_int, as_supersample
 from ...geometry import ImageGrid
 from ..phantoms import BrainPhantom, Lesion
 from .labelling import classify
@@ -93,13 +93,7 @@ def _make_rng(seed) -> np.random.Generator:
 
 
 def _tracer_name(tracer) -> str:
-    valid = ", ".join(repr(t) for t in TRACERS)
-    if not isinstance(tracer, str):
-        raise TypeError(f"tracer must be a string, one of {valid}; got {tracer!r} ({type(tracer).__name__})")
-    name = tracer.lower()
-    if name not in TRACERS:
-        raise ValueError(f"tracer must be one of {valid}; got {tracer!r}")
-    return name
+    return as_lowercase_choice("tracer", tracer, tuple(TRACERS))
 
 
 def _sample_offsets(grid: ImageGrid, s: int) -> np.ndarray:
