@@ -152,9 +152,9 @@ def _osem(case: Case, s: ClassicalSettings) -> torch.Tensor:
 CHECK_EVERY = 10
 
 
-def _rdp_for(case: Case, gamma: float):
+def _rdp_for(case: Case, gamma: float, model_low: ForwardModel | None = None):
     # epsilon in image units: 1 % of the mean activity estimated from the data (counts / sensitivity)
-    model_low = case.model_low
+    model_low = model_low or case.model_low
     mean_activity = float(case.y_low.sum()) / max(float(model_low.sensitivity().sum()), 1e-12)
     return rdp(case.grid, gamma=gamma, epsilon=1e-2 * max(mean_activity, 1e-12))
 
@@ -172,28 +172,25 @@ def converged_bsrem(case: Case, s: ClassicalSettings, *, history: list | None = 
     receives ``(epoch, Phi)`` at every check.
     """
     model_low = case.model_low
-    prior = _rdp_for(case, s.rdp_gamma)
+    prior = _rdp_for(case, s.rdp_gamma, model_low)
     x0 = osem(model_low, case.y_low, s.osem_iterations, s.osem_subsets)
     previous = None
     x = x0
-    counts = float(case.y_low.sum())
+    y64 = case.y_low.double()
+    counts = float(y64.sum())
     for state in bsrem_iterates(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.bsrem_subsets,
                                 x0=x0):
         x = state.x
         if state.iteration % CHECK_EVERY:
             continue
         # in float64: the changes sought are below float32's resolution of the sum
-        phi = map_objective(model_low, case.y_low.double(), x.double(), prior, s.bsrem_beta)
+        phi = map_objective(model_low, y64, x.double(), prior, s.bsrem_beta)
         if history is not None:
             history.append((state.iteration, phi))
         if previous is not None and abs(phi - previous) <= s.bsrem_tolerance * counts:
             break
         previous = phi
     return x
-
-
-def _bsrem(case: Case, s: ClassicalSettings) -> torch.Tensor:
-    return converged_bsrem(case, s)
 
 
 def _mlem(case: Case, s: ClassicalSettings) -> torch.Tensor:
@@ -227,7 +224,7 @@ def make_runner(method: str, model=None, settings: ClassicalSettings | None = No
     if method == "osem":
         fn = _osem
     elif method == "bsrem-rdp":
-        fn = _bsrem
+        fn = converged_bsrem
     elif method == "mlem":
         fn = _mlem
     elif method in ("red", "dream"):
