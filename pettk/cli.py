@@ -9,8 +9,9 @@
     runs the projector demo (Shepp–Logan forward and back projection).
 ``pettk evaluate --output DIR [--methods ...] [--checkpoint METHOD=PATH] [--drf 4 20 100] ...``
     Any subset of methods and checkpoints on N held-out subjects: mean ± std tables and figures.
-``pettk simulate OUT_DIR [--subjects N --slices S --size PX --drf D ...]``
-    Build a paired low-/full-dose 2D-slice data set of procedural brains (resumable).
+``pettk simulate OUT_DIR [--subjects N --slices S --size PX --anatomy v2 --drf D ...]``
+    Build a paired low-/full-dose 2D-slice data set of simulated brains (resumable; default: the
+    shipped models' training set, 240 v2 subjects x 20 slices, 128 x 128 on the mmr-like geometry).
 ``pettk train diffusion --output DIR [--preset tiny|full] [--config FILE.json|.yaml] [--data DIR]``
     Train an image diffusion model on a data set (resumable with ``--resume``).
 ``pettk train red|dream|ddip|legopet --data DIR --output DIR [--preset tiny|gpu|full] [--config FILE.json]``
@@ -229,13 +230,19 @@ def _simulate(args: argparse.Namespace) -> int:
     from .sim.datasets import DatasetConfig, build_dataset
 
     config = DatasetConfig(n_subjects=args.subjects, slices_per_subject=args.slices, image_size=args.size,
-                           geometry=args.geometry, drfs=tuple(args.drf), counts_per_slice=args.counts,
-                           tracer=args.tracer, lesions=args.lesions, seed=args.seed,
+                           geometry=args.geometry, anatomy=args.anatomy, drfs=tuple(args.drf),
+                           counts_per_slice=args.counts, tracer=args.tracer, lesions=args.lesions,
+                           slice_range_mm=args.slice_range_mm, seed=args.seed,
                            split=(None, args.validation, args.test))
+    try:
+        config.validate()
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"pettk simulate: {err}") from None
     start = time.perf_counter()
     manifest = build_dataset(args.output, config, progress=not args.no_progress)
-    print(f"pettk simulate: {args.subjects} subjects x {args.slices} slices ({args.size}x{args.size}, DRF "
-          f"{', '.join(f'{d:g}' for d in args.drf)}) in {time.perf_counter() - start:.1f} s -> {manifest}")
+    print(f"pettk simulate: {config.n_subjects} subjects x {args.slices} slices ({args.size}x{args.size}, "
+          f"{config.anatomy} anatomy, DRF {', '.join(f'{d:g}' for d in args.drf)}) in "
+          f"{time.perf_counter() - start:.1f} s -> {manifest}")
     return 0
 
 
@@ -405,18 +412,24 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_evaluate)
 
-    simp = sub.add_parser("simulate", help="build a paired low-/full-dose 2D-slice data set of procedural brains")
+    simp = sub.add_parser("simulate", help="build a paired low-/full-dose 2D-slice data set of simulated brains")
     simp.add_argument("output", help="data set folder (resumed if it exists with the same settings)")
-    simp.add_argument("--subjects", type=_positive_int, default=20, help="subjects (default 20)")
-    simp.add_argument("--slices", type=_positive_int, default=8, help="axial slices per subject (default 8)")
-    simp.add_argument("--size", type=_positive_int, default=64, help="image size in pixels (default 64)")
+    simp.add_argument("--subjects", type=_positive_int, default=240,
+                      help="subjects (default 240: the shipped models' training set)")
+    simp.add_argument("--slices", type=_positive_int, default=20, help="axial slices per subject (default 20)")
+    simp.add_argument("--size", type=_positive_int, default=128, help="image size in pixels (default 128: 2.09 mm)")
     simp.add_argument("--geometry", choices=("mmr-like", "parallel"), default="mmr-like")
+    simp.add_argument("--anatomy", choices=("v2", "v2-shifted", "v1"), default="v2",
+                      help="anatomy generator: v2 (default), v2-shifted (out-of-family test family) or v1")
     simp.add_argument("--drf", type=float, nargs="+", default=[4.0, 20.0, 100.0], help="dose-reduction factors")
     simp.add_argument("--counts", type=float, default=5e5, help="full-dose counts per slice (default 5e5)")
-    simp.add_argument("--tracer", choices=("fdg", "amyloid"), default="fdg")
-    simp.add_argument("--lesions", type=int, default=2, help="lesions per subject (default 2)")
-    simp.add_argument("--validation", type=int, default=1, help="validation subjects (default 1)")
-    simp.add_argument("--test", type=int, default=2, help="test subjects (default 2)")
+    simp.add_argument("--tracer", choices=("fdg", "amyloid", "amyloid-positive", "amyloid-negative"), default="fdg",
+                      help="amyloid: positive or negative per subject")
+    simp.add_argument("--lesions", type=int, default=2, help="lesions per slice (default 2)")
+    simp.add_argument("--slice-range-mm", type=float,
+                      help="axial span of the slices around the brain centre (default 110 mm; v1: 80)")
+    simp.add_argument("--validation", type=int, default=20, help="validation subjects (default 20)")
+    simp.add_argument("--test", type=int, default=20, help="test subjects (default 20)")
     simp.add_argument("--seed", type=int, default=0)
     simp.add_argument("--no-progress", action="store_true")
     simp.set_defaults(func=_simulate)

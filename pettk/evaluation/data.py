@@ -32,10 +32,11 @@ class EvalData:
         Dose-reduction factors of the low-dose sinograms.
     tracer : {"fdg", "amyloid"}
         ``"amyloid"`` is out of distribution for models trained on FDG-like brains.
-    image_size, geometry, counts_per_slice :
+    image_size, geometry, counts_per_slice, anatomy :
         Must match the training data of the models evaluated (the defaults match the shipped
-        models: 64 × 64 pixels of 4.17 mm, parallel beam 64 views × 97 bins, 5·10⁵ full-dose
-        counts per slice).
+        models: v1 anatomy, 64 × 64 pixels of 4.17 mm, parallel beam 64 views × 97 bins, 5·10⁵
+        full-dose counts per slice). ``anatomy="v2"`` or ``"v2-shifted"`` evaluates them out of
+        family (see :class:`~pettk.sim.datasets.DatasetConfig`).
     seed : int
         First subject seed (default :data:`HELD_OUT_SEED`).
     """
@@ -47,6 +48,7 @@ class EvalData:
     image_size: int = 64
     geometry: str = "parallel"
     counts_per_slice: float = 5e5
+    anatomy: str = "v1"
     seed: int = HELD_OUT_SEED
     extra: dict = field(default_factory=dict)
 
@@ -60,7 +62,8 @@ def heldout_dataset_config(data: EvalData) -> DatasetConfig:
         raise TypeError(f"data must be an EvalData, got {type(data).__name__}")
     return DatasetConfig(n_subjects=data.n_subjects, slices_per_subject=data.slices_per_subject,
                          image_size=data.image_size, geometry=data.geometry, drfs=tuple(float(d) for d in data.drfs),
-                         counts_per_slice=data.counts_per_slice, tracer=data.tracer, slice_range_mm=40.0,
+                         counts_per_slice=data.counts_per_slice, anatomy=data.anatomy, tracer=data.tracer,
+                         slice_range_mm=40.0,
                          split=(0, 0, data.n_subjects), seed=data.seed, **data.extra).validate()
 
 

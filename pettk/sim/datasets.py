@@ -1,7 +1,8 @@
 """Paired low-/full-dose 2D-slice data sets: building them on disk and loading them lazily.
 
-:func:`build_dataset` simulates ``n_subjects`` procedural brains (each seed a different subject)
-and, for ``slices_per_subject`` axial slices each, stores
+:func:`build_dataset` simulates ``n_subjects`` brains (each seed a different subject: the v2
+anatomy generator by default, the v1 generator, or the user's own tissue maps) and, for
+``slices_per_subject`` axial slices each, stores
 
 ``truth``       the activity image ``(S, nx, ny)``
 ``mr``, ``mu``  the T1-like MR image and the mu-map (1/mm)
@@ -10,9 +11,11 @@ and, for ``slices_per_subject`` axial slices each, stores
 ``mult``, ``additive``  the counts model of the slice (attenuation × counts scale; randoms +
                 scatter) so that EM can reconstruct any restored sinogram
 ``reference``   OSEM of an independent high-count scan (the reference image of LegoPET)
+``labels``      tissue label per pixel (the generator's codes) and ``lesions``: lesion number
+                per pixel (0 outside), for contrast recovery and per-tissue augmentation
 
-The store is a folder: ``manifest.json`` (configuration, geometry, grid, subjects and their
-split, seeds, image statistics, pettk version) and one folder per subject holding ``.npy``
+The store is a folder: ``manifest.json`` (configuration, generator name and version, geometry,
+grid, subjects and their split, seeds, tracers, image statistics, pettk version) and one folder per subject holding ``.npy``
 arrays (chunked per subject, memory-mapped on read). A subject folder is written under a
 temporary name and renamed when complete, so a build can be interrupted and resumed: finished
 subjects are kept, the rest are rebuilt. The manifest is written atomically.
@@ -33,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .._validation import as_positive_float, as_positive_int
+from .._validation import as_nonnegative_float, as_nonnegative_int, as_positive_float, as_positive_int
 from .._version import __version__
 from ..geometry import ImageGrid, ParallelBeam2D, preset
 from ..io.atomic import atomic_path
@@ -42,15 +45,24 @@ from ..projector import Projector
 from ..recon import osem
 from .scan import simulate_scan, thin
 
-__all__ = ["DatasetConfig", "build_dataset", "SliceDataset", "NORMALISATIONS", "FIELDS"]
+__all__ = ["DatasetConfig", "build_dataset", "SliceDataset", "NORMALISATIONS", "FIELDS", "EXTRA_FIELDS", "ANATOMIES",
+           "lesion_ids", "subject_tracer"]
 
 FIELDS = ("truth", "mr", "mu", "full", "mult", "additive", "reference")
+#: Fields of data sets built since pettk 0.3 (manifest version 2): tissue labels and lesion numbers.
+EXTRA_FIELDS = ("labels", "lesions")
+ANATOMIES = ("v2", "v2-shifted", "v1", "tissue-maps")
+TRACERS = ("fdg", "amyloid", "amyloid-positive", "amyloid-negative")
 NORMALISATIONS = ("none", "red", "dream", "legopet", "ddip")
 
 
 @dataclass
 class DatasetConfig:
     """What to simulate. All fields are JSON-serialisable and stored in the manifest.
+
+    The defaults are the training set of the shipped models: 240 subjects (200 train, 20
+    validation, 20 test) × 20 slices of anatomy-generator-v2 brains on the ``mmr-like`` scanner's
+    2D direct-plane geometry, 128 × 128 pixels of 2.0863 mm.
 
     Attributes
     ----------
@@ -61,6 +73,14 @@ class DatasetConfig:
     geometry : {"mmr-like", "parallel"}
         The ``mmr-like`` ring sinogram (224 views × 129 radial bins) or a parallel-beam sinogram
         with ``image_size`` views and ``ceil(1.5 * image_size)`` bins at the voxel size.
+    anatomy : {"v2", "v2-shifted", "v1", "tissue-maps"}
+        Where subjects come from: :func:`pettk.sim.brain_phantom_v2` (``"v2"``, the default;
+        ``"v2-shifted"`` its out-of-family test family), the v1 generator
+        :func:`pettk.sim.brain_phantom` (kept to reproduce older data sets) or the user's tissue
+        maps in ``tissue_maps`` (:func:`pettk.sim.from_tissue_maps`).
+    tissue_maps : str, optional
+        With ``anatomy="tissue-maps"``: a folder with one sub-folder of NIfTI tissue maps per
+        subject; subject ``i`` is the ``i``-th sub-folder in name order.
     drfs : tuple of float
         Dose-reduction factors (>= 1) of the low-dose sinograms.
     counts_per_slice : float
@@ -71,23 +91,29 @@ class DatasetConfig:
         OSEM of the reference scan.
     psf_fwhm_mm, randoms_fraction, scatter_fraction : float
         Physics of the simulation (see :func:`pettk.sim.simulate_scan`).
-    tracer : {"fdg", "amyloid"}
+    tracer : {"fdg", "amyloid", "amyloid-positive", "amyloid-negative"}
+        ``"amyloid"`` draws amyloid-positive or -negative per subject (50/50) except with v1,
+        which has one amyloid pattern and accepts only ``"fdg"`` and ``"amyloid"``.
     lesions : int
-        Lesions per subject.
-    slice_range_mm : float
+        Lesions per slice (each slice is rendered as its own 2.03 mm slab, so the lesions of a
+        slice are centred in it).
+    slice_range_mm : float, optional
         Slices are evenly spaced over ``[-slice_range_mm / 2, +slice_range_mm / 2]`` around the
-        brain's centre (2.03 mm thick).
+        brain's centre (2.03 mm thick). Default: 110 mm (cerebellum to near the vertex) for v2
+        and tissue maps, 80 mm for v1.
     split : tuple of int
         Subjects in (train, validation, test), taken in subject order; ``None`` entries mean
-        "the rest" (default: 2 test, 1 validation, the rest training, as in LegoPET).
+        "the rest".
     seed : int
         Subject ``i`` uses seed ``seed + i`` for its anatomy and derived seeds for its counts.
     """
 
-    n_subjects: int = 20
-    slices_per_subject: int = 8
-    image_size: int = 64
+    n_subjects: int = 240
+    slices_per_subject: int = 20
+    image_size: int = 128
     geometry: str = "mmr-like"
+    anatomy: str = "v2"
+    tissue_maps: str | None = None
     drfs: tuple = (4.0, 20.0, 100.0)
     counts_per_slice: float = 5e5
     reference_counts_factor: float = 10.0
@@ -98,8 +124,8 @@ class DatasetConfig:
     scatter_fraction: float = 0.3
     tracer: str = "fdg"
     lesions: int = 2
-    slice_range_mm: float = 80.0
-    split: tuple = field(default=(None, 1, 2))
+    slice_range_mm: float | None = None
+    split: tuple = field(default=(None, 20, 20))
     seed: int = 0
 
     def validate(self) -> DatasetConfig:
@@ -108,14 +134,24 @@ class DatasetConfig:
         as_positive_int("image_size", self.image_size, minimum=8)
         if self.geometry not in ("mmr-like", "parallel"):
             raise ValueError(f"geometry must be 'mmr-like' or 'parallel', got {self.geometry!r}")
+        if self.anatomy not in ANATOMIES:
+            raise ValueError(f"anatomy must be one of {', '.join(map(repr, ANATOMIES))}, got {self.anatomy!r}")
+        if (self.anatomy == "tissue-maps") != (self.tissue_maps is not None):
+            raise ValueError("tissue_maps (a folder) goes with anatomy='tissue-maps' and only with it; got "
+                             f"anatomy={self.anatomy!r}, tissue_maps={self.tissue_maps!r}")
         if not self.drfs or any(not float(d) >= 1.0 for d in self.drfs):
             raise ValueError(f"drfs must be a non-empty sequence of numbers >= 1, got {self.drfs!r}")
         as_positive_float("counts_per_slice", self.counts_per_slice)
         as_positive_float("reference_counts_factor", self.reference_counts_factor)
         as_positive_int("reference_iterations", self.reference_iterations)
         as_positive_int("reference_subsets", self.reference_subsets)
-        if self.tracer not in ("fdg", "amyloid"):
-            raise ValueError(f"tracer must be 'fdg' or 'amyloid', got {self.tracer!r}")
+        tracers = ("fdg", "amyloid") if self.anatomy == "v1" else TRACERS
+        if self.tracer not in tracers:
+            raise ValueError(f"tracer must be one of {', '.join(map(repr, tracers))} for anatomy "
+                             f"{self.anatomy!r}, got {self.tracer!r}")
+        as_nonnegative_int("lesions", self.lesions)
+        if self.slice_range_mm is not None:
+            as_nonnegative_float("slice_range_mm", self.slice_range_mm)
         if len(self.split) != 3:
             raise ValueError(f"split must be (train, validation, test), got {self.split!r}")
         self.subject_splits()
@@ -144,30 +180,105 @@ class DatasetConfig:
         n_radial = int(np.ceil(1.5 * self.image_size)) | 1
         return ParallelBeam2D(self.image_size, n_radial, grid.voxel_size_mm[0])
 
+    def slice_positions_mm(self) -> np.ndarray:
+        """Axial positions (mm) of the slices of every subject."""
+        span = self.slice_range_mm if self.slice_range_mm is not None else (80.0 if self.anatomy == "v1" else 110.0)
+        return np.linspace(-span / 2, span / 2, self.slices_per_subject)
+
+    def generator(self) -> dict:
+        """Name and version of the anatomy source (stored in the manifest)."""
+        if self.anatomy == "v1":
+            return {"name": "pettk.sim.brain_phantom", "version": "v1"}
+        if self.anatomy == "tissue-maps":
+            return {"name": "pettk.sim.from_tissue_maps", "version": "v2", "tissue_maps": self.tissue_maps}
+        from .anatomy import GENERATOR, VERSION
+
+        return {"name": GENERATOR, "version": VERSION,
+                "family": "shifted" if self.anatomy == "v2-shifted" else "standard"}
+
 
 def _drf_key(drf: float) -> str:
     return f"low_drf{float(drf):g}"
 
 
-def _subject_slices(config: DatasetConfig, grid: ImageGrid, seed: int):
-    """Brain phantom slices of one subject: (activity, mu, mr) arrays ``(S, nx, ny)``."""
-    from .phantoms import brain_phantom
+def subject_tracer(config: DatasetConfig, seed: int) -> str:
+    """The tracer of the subject with ``seed``: ``"amyloid"`` becomes positive or negative (v2)."""
+    if config.tracer != "amyloid" or config.anatomy == "v1":
+        return config.tracer
+    positive = np.random.default_rng([seed, 0xA5]).random() < 0.5
+    return "amyloid-positive" if positive else "amyloid-negative"
 
-    z_positions = np.linspace(-config.slice_range_mm / 2, config.slice_range_mm / 2, config.slices_per_subject)
-    activity, mu, mr = [], [], []
-    for z in z_positions:
+
+def lesion_ids(grid: ImageGrid, lesions) -> np.ndarray:
+    """Lesion number (1, 2, ...; 0 outside) of every voxel centre of ``grid``, float32.
+
+    A voxel belongs to lesion ``k`` when its centre lies in the ``k``-th sphere (later lesions win
+    where spheres touch); lesion centres have ``grid.ndim`` coordinates or 3 for a 3D grid.
+    """
+    out = np.zeros(grid.shape, dtype=np.float32)
+    axes = np.meshgrid(*(grid.origin_mm[k] + np.arange(grid.shape[k]) * grid.voxel_size_mm[k]
+                         for k in range(grid.ndim)), indexing="ij")
+    for k, les in enumerate(lesions, start=1):
+        d2 = sum((axes[i] - les.centre_mm[i]) ** 2 for i in range(grid.ndim))
+        out[d2 <= les.radius_mm ** 2] = k
+    return out
+
+
+def _subject_slices(config: DatasetConfig, grid: ImageGrid, index: int) -> dict[str, np.ndarray]:
+    """Phantom slices of subject ``index``: ``activity, mu, mr, labels, lesions`` arrays ``(S, nx, ny)``.
+
+    Each slice is rendered on its own one-slice slab (2.03 mm thick) of the subject's 3D head.
+    """
+    seed = config.seed + index
+    tracer = subject_tracer(config, seed)
+    if config.anatomy == "v1":
+        from .phantoms import brain_phantom
+
+        def render(slab, n):
+            return brain_phantom(slab, seed=seed, tracer=tracer, lesions=n)
+    elif config.anatomy == "tissue-maps":
+        from .tissue_maps import from_tissue_maps, list_subjects, load_tissue_maps
+
+        maps = load_tissue_maps(list_subjects(config.tissue_maps)[index])
+
+        def render(slab, n):
+            return from_tissue_maps(maps, slab, seed=seed, tracer=tracer, lesions=n)
+    else:
+        from .anatomy import brain_phantom_v2
+
+        family = "shifted" if config.anatomy == "v2-shifted" else "standard"
+
+        def render(slab, n):
+            return brain_phantom_v2(slab, seed=seed, tracer=tracer, lesions=n, family=family)
+    out = {k: [] for k in ("activity", "mu", "mr", "labels", "lesions")}
+    for z in config.slice_positions_mm():
         slab = ImageGrid(grid.shape + (1,), grid.voxel_size_mm + (2.03125,), origin_mm=grid.origin_mm + (float(z),))
-        ph = brain_phantom(slab, seed=seed, tracer=config.tracer, lesions=config.lesions)
-        activity.append(ph.activity[..., 0])
-        mu.append(ph.mu[..., 0])
-        mr.append(ph.mr[..., 0])
-    return np.stack(activity), np.stack(mu), np.stack(mr)
+        ph = _render_with_lesions(render, slab, config.lesions)
+        out["activity"].append(ph.activity[..., 0])
+        out["mu"].append(ph.mu[..., 0])
+        out["mr"].append(ph.mr[..., 0])
+        out["labels"].append(ph.labels[..., 0])
+        out["lesions"].append(lesion_ids(slab, ph.lesions)[..., 0])
+    return {k: np.stack(v) for k, v in out.items()}
+
+
+def _render_with_lesions(render, slab: ImageGrid, lesions: int):
+    """``render(slab, n)`` with ``lesions`` lesions, or as many as fit where the slab holds little
+    parenchyma (slices near the vertex or below the cerebellum)."""
+    from .anatomy import LesionPlacementError
+
+    for n in range(lesions, 0, -1):
+        try:
+            return render(slab, n)
+        except LesionPlacementError:
+            continue
+    return render(slab, 0)
 
 
 def _simulate_subject(config: DatasetConfig, index: int, projector: Projector) -> dict[str, np.ndarray]:
-    grid = projector.grid
     subject_seed = config.seed + index
-    activity, mu, mr = _subject_slices(config, grid, subject_seed)
+    phantom = _subject_slices(config, projector.grid, index)
+    activity, mu = phantom["activity"], phantom["mu"]
     out = {name: [] for name in FIELDS}
     out.update({_drf_key(d): [] for d in config.drfs})
     for s in range(activity.shape[0]):
@@ -180,14 +291,15 @@ def _simulate_subject(config: DatasetConfig, index: int, projector: Projector) -
         high = simulate_scan(activity[s], model, config.counts_per_slice * config.reference_counts_factor,
                              config.randoms_fraction, config.scatter_fraction, seed=base_seed + 15)
         reference = osem(high.model, high.prompts, config.reference_iterations, config.reference_subsets)
-        out["truth"].append(activity[s])
-        out["mr"].append(mr[s])
-        out["mu"].append(mu[s])
         out["full"].append(scan.prompts.numpy())
         out["mult"].append(scan.model.mult.numpy())
         out["additive"].append(scan.model.additive.numpy())
         out["reference"].append(reference.numpy())  # on the activity scale, like the truth
-    return {k: np.stack(v).astype(np.float32) for k, v in out.items()}
+    arrays = {k: np.stack(v).astype(np.float32) for k, v in out.items() if v}
+    arrays.update(truth=activity.astype(np.float32), mr=phantom["mr"].astype(np.float32),
+                  mu=mu.astype(np.float32), labels=phantom["labels"].astype(np.float32),
+                  lesions=phantom["lesions"].astype(np.float32))
+    return arrays
 
 
 def _write_subject(root: Path, name: str, arrays: dict[str, np.ndarray]) -> None:
@@ -221,16 +333,28 @@ def build_dataset(root, config: DatasetConfig | None = None, progress: bool = Tr
     geometry = config.make_geometry()
     projector = Projector(grid, geometry)
     splits = config.subject_splits()
+    sources = None
+    if config.anatomy == "tissue-maps":
+        from .tissue_maps import list_subjects
+
+        sources = list_subjects(config.tissue_maps)
+        if len(sources) < config.n_subjects:
+            raise ValueError(f"{config.tissue_maps} holds {len(sources)} subject folders, fewer than "
+                             f"n_subjects={config.n_subjects}")
     subjects = []
     for i in tqdm(range(config.n_subjects), desc="subjects", disable=not progress, leave=False):
         name = f"subject_{i:03d}"
         if not (root / name / "COMPLETE").exists():
             _write_subject(root, name, _simulate_subject(config, i, projector))
         truth = np.load(root / name / "truth.npy", mmap_mode="r")
-        subjects.append({"name": name, "seed": config.seed + i, "split": splits[i],
-                         "n_slices": int(truth.shape[0]), "truth_max": float(np.max(truth))})
+        entry = {"name": name, "seed": config.seed + i, "split": splits[i], "tracer": subject_tracer(config, config.seed + i),
+                 "n_slices": int(truth.shape[0]), "truth_max": float(np.max(truth))}
+        if sources is not None:
+            entry["source"] = sources[i].name
+        subjects.append(entry)
     train_max = max([s["truth_max"] for s in subjects if s["split"] == "train"] or [1.0])
-    manifest = {"format": "pettk-dataset", "version": 1, "pettk_version": __version__, "config": config_dict,
+    manifest = {"format": "pettk-dataset", "version": 2, "pettk_version": __version__, "config": config_dict,
+                "generator": config.generator(), "fields": list(FIELDS + EXTRA_FIELDS),
                 "grid": grid.to_dict(), "geometry": geometry.to_dict(), "sinogram_shape": list(geometry.shape),
                 "drf_keys": {f"{float(d):g}": _drf_key(d) for d in config.drfs}, "subjects": subjects,
                 "train_image_max": train_max}
@@ -257,8 +381,9 @@ class SliceDataset(torch.utils.data.Dataset):
         [0, 1]), the MR by its own maximum. The factor is returned as ``item["scale"]``.
 
     Items are dicts of float32 tensors: ``low`` (``DRF·y_ld``, the unbiased low-dose estimate of
-    ``ybar``), ``full``, ``truth``, ``reference``, ``mr``, ``mu``, ``mult``, ``additive``, and
-    ``drf``, ``scale``, ``subject``, ``slice``.
+    ``ybar``), ``full``, ``truth``, ``reference``, ``mr``, ``mu``, ``mult``, ``additive``, for
+    data sets of manifest version 2 also ``labels`` (tissue codes) and ``lesions`` (lesion number
+    per pixel, 0 outside), and ``drf``, ``scale``, ``subject``, ``slice``.
     """
 
     def __init__(self, root, split: str = "train", drf: float = 20.0, normalisation: str = "none"):
@@ -282,6 +407,7 @@ class SliceDataset(torch.utils.data.Dataset):
         self.image_max = float(self.manifest["train_image_max"])
         self.subjects = [s for s in self.manifest["subjects"] if s["split"] == split]
         self._index = [(i, k) for i, s in enumerate(self.subjects) for k in range(s["n_slices"])]
+        self.fields = tuple(self.manifest.get("fields", FIELDS))
         self._arrays: dict = {}
 
     def __len__(self) -> int:
@@ -298,7 +424,7 @@ class SliceDataset(torch.utils.data.Dataset):
             raise IndexError(f"index {idx} out of range for {len(self)} slices")
         subject, k = self._index[idx]
         get = lambda name: torch.from_numpy(np.array(self._array(subject, name)[k], dtype=np.float32))  # noqa: E731
-        item = {name: get(name) for name in FIELDS}
+        item = {name: get(name) for name in self.fields}
         item["low"] = self.drf * get(self.low_key)
         scale = 1.0
         if self.normalisation in ("red", "dream"):

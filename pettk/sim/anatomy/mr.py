@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from .family import STANDARD
 from .fields import RandomField, sigmoid
 from .tables import (
     AIR,
@@ -57,7 +58,7 @@ class MRModel:
         Rician noise standard deviation (signal units).
     """
 
-    def __init__(self, rng: np.random.Generator):
+    def __init__(self, rng: np.random.Generator, ranges=STANDARD):
         u = rng.uniform
         t = np.zeros(N_LABELS)
         t[WM] = u(0.78, 0.92)
@@ -75,7 +76,7 @@ class MRModel:
         t[DIPLOE] = u(0.5, 0.8)
         t[EYE] = u(0.08, 0.18)
         t[AIR] = t[BACKGROUND] = 0.0
-        self.gamma = u(0.75, 1.35)
+        self.gamma = u(*ranges["mr_gamma"])
         self.blend = u(0.0, 0.5)
         self.mid = u(0.4, 0.7)
         self.width = u(0.08, 0.2)
@@ -84,10 +85,10 @@ class MRModel:
         self.fat = float(self.curve(np.array([u(0.85, 1.0)]))[0])
         self.veins = float(self.curve(np.array([u(0.75, 0.95) if rng.random() < 0.4 else u(0.02, 0.1)]))[0])
         self.mr_lesion_factor = u(0.35, 0.6)
-        self.bias_amp = u(0.05, 0.2)
+        self.bias_amp = u(*ranges["mr_bias_amplitude"])
         self.bias = RandomField(rng, 250.0, 8, spread=0.3)
         self.texture = RandomField(rng, 15.0, 32)
-        self.noise_sd = u(0.01, 0.04)
+        self.noise_sd = u(*ranges["mr_noise_sd"])
 
     def curve(self, m: np.ndarray) -> np.ndarray:
         """The subject's monotone contrast curve applied to tissue signals in [0, 1]."""

@@ -17,6 +17,7 @@ import numpy as np
 from ..._validation import as_lowercase_choice, as_nonnegative_int, as_supersample
 from ...geometry import ImageGrid
 from ..phantoms import BrainPhantom, Lesion
+from .family import family_ranges
 from .labelling import classify
 from .mr import MRModel
 from .pose import Pose
@@ -29,6 +30,10 @@ VERSION = "v2"
 #: Samples labelled per chunk: small enough for the per-sample temporaries to stay in cache.
 _CHUNK_SAMPLES = 1 << 17
 _MAX_LESIONS = 64
+
+
+class LesionPlacementError(ValueError):
+    """No place for a lesion: its centre must lie in brain parenchyma inside the grid."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +176,7 @@ def _place_lesions(grid: ImageGrid, pose: Pose, shapes: Shapes, rng: np.random.G
             if found is not None:
                 break
         if found is None:
-            raise ValueError(f"could not place lesion {len(placed) + 1} (radius {radius:.1f} mm) with its centre in "
+            raise LesionPlacementError(f"could not place lesion {len(placed) + 1} (radius {radius:.1f} mm) with its centre in "
                              f"the brain parenchyma inside the grid's field of view {grid!r}; use fewer lesions or "
                              "a grid that covers the brain")
         centre = tuple(float(v) for v in found[:grid.ndim])
@@ -192,7 +197,7 @@ def _sphere_hits(world_v: np.ndarray, offsets: np.ndarray, centre, radius: float
 
 
 def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int = 0,
-                     supersample: int = 3) -> AnatomyPhantom:
+                     supersample: int = 3, family: str = "standard") -> AnatomyPhantom:
     """A procedural 3D head (anatomy generator v2): activity, attenuation, MR and tissue labels.
 
     The subject is built from implicit surfaces in a head frame (mm) and posed in the scanner
@@ -222,6 +227,11 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
         visible in the MR with probability 0.35 (darker), otherwise PET-only.
     supersample : int
         Samples per voxel edge (1-8).
+    family : {"standard", "shifted"}
+        The ranges the subject is drawn from (:mod:`pettk.sim.anatomy.family`): ``"standard"``
+        (the training family) or ``"shifted"``, the out-of-family test family (tighter, deeper
+        folds, thicker cortex, other tracer contrast, texture and MR statistics). A seed gives the
+        same pose and placements in both.
 
     Returns
     -------
@@ -233,10 +243,11 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
 
     Raises
     ------
-    TypeError, ValueError
+    TypeError, ValueError, LesionPlacementError
         Before any work, for a grid that is not a 2D/3D ImageGrid, an unknown tracer, a bad seed,
-        ``lesions`` not an integer in [0, 64] or ``supersample`` not in [1, 8]; ValueError when the
-        lesions cannot be placed in the brain inside the grid.
+        ``lesions`` not an integer in [0, 64], ``supersample`` not in [1, 8] or an unknown
+        ``family``; :class:`LesionPlacementError` (a ValueError) when the lesions cannot be placed in
+        the brain inside the grid.
 
     Notes
     -----
@@ -252,14 +263,15 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     s = as_supersample(supersample)
     if s > 8:
         raise ValueError(f"supersample must be between 1 and 8, got {s}")
+    ranges = family_ranges(family)
     rng = _make_rng(seed)
 
     # -- the subject (fixed draw order) ------------------------------------------------------------
     pose = Pose.draw(rng)
-    shapes = Shapes(rng, pose.scale)
-    act = Tracer(name, rng)
+    shapes = Shapes(rng, pose.scale, ranges)
+    act = Tracer(name, rng, ranges)
     mu_table = draw_mu(rng)
-    mr = MRModel(rng)
+    mr = MRModel(rng, ranges)
     n_mr_only = int(rng.integers(1, 4))
     mr_only_radii = rng.uniform(1.5, 4.0, n_mr_only)
     # independent streams: the number of lesions changes nothing else about the subject
@@ -362,7 +374,7 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     mr_img = mr.add_noise(mr_img, noise_rng)
 
     shape = grid.shape
-    subject = {"generator": GENERATOR, "version": VERSION, "tracer": name, "supersample": s,
+    subject = {"generator": GENERATOR, "version": VERSION, "family": family, "tracer": name, "supersample": s,
                **pose.as_dict(), **shapes.params, **act.as_dict(), "mr": mr.as_dict(),
                "mu": {TISSUE_LABELS[k]: float(v) for k, v in enumerate(mu_table)},
                "mr_only_lesions": [{"centre_mm": tuple(float(v) for v in c), "radius_mm": float(r)}

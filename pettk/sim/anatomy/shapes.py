@@ -35,6 +35,7 @@ import math
 
 import numpy as np
 
+from .family import STANDARD
 from .fields import FAR, RandomField, capsule, ellipsoid, hash01, mirror_x, rotation, smax, smin
 
 #: Head-frame boxes (lo, hi) in mm holding every structure of :meth:`Shapes.deep` and
@@ -72,7 +73,7 @@ class Shapes:
         Every drawn number that shapes the subject (mm unless named otherwise).
     """
 
-    def __init__(self, rng: np.random.Generator, scale: float = 1.0):
+    def __init__(self, rng: np.random.Generator, scale: float = 1.0, ranges=STANDARD):
         u = rng.uniform
         a = float(u(0.0, 1.0))
         self.atrophy = a
@@ -101,10 +102,10 @@ class Shapes:
         self.sylvian_slope = u(0.3, 0.45)
         self.sylvian_phase = u(0.0, 2.0 * math.pi)
         # cortical folding (fields evaluated at the pial foot point)
-        self.fold_wavelength = u(19.0, 26.0)
+        self.fold_wavelength = u(*ranges["fold_wavelength_mm"])
         self.fold = RandomField(rng, self.fold_wavelength, 64, spread=0.25)
         self.wiggle = RandomField(rng, 20.0, 24)           # bends the sulci with depth
-        self.sulcal_depth = u(10.0, 16.0) / scale
+        self.sulcal_depth = u(*ranges["sulcal_depth_mm"]) / scale
         # medial sulci: polylines in the (y, z) midplane, cut into the medial wall
         j = lambda: u(-4.0, 4.0, 2)  # noqa: E731
         cing = [np.array(pt) + j() for pt in ((30.0, 10.0), (15.0, 31.0), (-40.0, 38.0), (-48.0, 62.0))]
@@ -116,7 +117,7 @@ class Shapes:
         self.depth_field = RandomField(rng, 45.0, 24)
         self.sulcal_half = (0.25 + 0.55 * a) / scale        # half-width of sulcal CSF at depth
         self.sulcal_open = u(0.5, 1.0) / scale              # extra half-width at the surface
-        self.thickness_mean = u(2.5, 3.2)                    # world mm
+        self.thickness_mean = u(*ranges["cortical_thickness_mm"])                  # world mm
         self.thickness_field = RandomField(rng, 40.0, 24)
         self.scale = scale
         # cerebellum

@@ -22,6 +22,7 @@ from types import MappingProxyType
 
 import numpy as np
 
+from .family import STANDARD
 from .fields import RandomField, sigmoid
 
 #: Label codes of v2 subjects.
@@ -95,7 +96,7 @@ class Tracer:
         Standard deviation of the multiplicative texture inside parenchyma (0.04-0.10).
     """
 
-    def __init__(self, name: str, rng: np.random.Generator):
+    def __init__(self, name: str, rng: np.random.Generator, ranges=STANDARD):
         u = rng.uniform
         t = np.zeros(N_LABELS)
         wm = u(0.9, 1.1)
@@ -109,7 +110,7 @@ class Tracer:
         factor = np.ones(len(REGIONS))
         self.n_defects = 0
         if name == "fdg":
-            gm = u(2.5, 5.0) * wm
+            gm = u(*ranges["fdg_gm_wm"]) * wm
             t[GM] = gm
             t[CAUDATE], t[PUTAMEN] = u(0.85, 1.05, 2) * gm
             t[PALLIDUM] = u(0.5, 0.75) * gm
@@ -130,7 +131,7 @@ class Tracer:
             t[BRAINSTEM] = u(0.9, 1.1) * wm
             factor[:] = u(0.92, 1.08, len(REGIONS))
         else:  # amyloid-positive
-            base = u(0.9, 1.3) * wm
+            base = u(*ranges["amyloid_positive_gm_wm"]) * wm
             t[GM] = base
             t[CAUDATE] = t[PUTAMEN] = u(0.85, 1.2) * wm
             t[PALLIDUM] = u(0.75, 0.95) * wm
@@ -146,7 +147,7 @@ class Tracer:
         self.name = name
         self.table = t
         self.region_factor = factor
-        self.texture_sd = u(0.04, 0.10)
+        self.texture_sd = u(*ranges["texture_sd"])
         self.texture_fine = RandomField(rng, 12.0, 48)
         self.texture_coarse = RandomField(rng, 35.0, 24)
         self.defect_shape = [(u(12.0, 30.0), u(0.2, 0.5)) for _ in range(self.n_defects)]
