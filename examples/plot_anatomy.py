@@ -1,8 +1,9 @@
 """Anatomy generator v2: a gallery of procedural subjects (PET, µ-map and T1-like MR in 3D).
 
-Three subjects of :func:`pettk.sim.brain_phantom_v2` on a 128 × 128 × 90 grid of 2 mm voxels
+Four subjects of :func:`pettk.sim.brain_phantom_v2` on a 128 × 128 × 90 grid of 2 mm voxels
 (supersampled 3 × 3 × 3): an FDG subject with six lesions, an amyloid-positive and an
-amyloid-negative subject. For each, three rows (activity, attenuation, MR) and five columns: axial
+amyloid-negative subject, and an FDG subject of the out-of-family ``"shifted"`` test family
+(tighter, deeper folds, thicker cortex, lower grey/white contrast, other MR statistics). For each, three rows (activity, attenuation, MR) and five columns: axial
 slices at the centrum semiovale, the basal ganglia and the cerebellum, then a coronal and a
 sagittal cut, all through the subject's own head frame (each subject has its own size, position
 and pose). Cyan outlines: PET lesions (those drawn on the MR row are visible in the MR too);
@@ -32,7 +33,8 @@ from pettk.sim import brain_phantom_v2
 FAST = os.environ.get("PETTK_FAST", "") not in ("", "0")
 GRID = ImageGrid((64, 64, 45), 4.0) if FAST else ImageGrid((128, 128, 90), 2.0)
 SUPERSAMPLE = 2 if FAST else 3
-SUBJECTS = ((0, "fdg", 6), (1, "amyloid-positive", 2), (2, "amyloid-negative", 0))
+SUBJECTS = ((0, "fdg", 6, "standard"), (1, "amyloid-positive", 2, "standard"), (2, "amyloid-negative", 0, "standard"),
+            (3, "fdg", 2, "shifted"))
 #: Head-frame points (mm; origin at the anterior commissure) the cuts go through.
 AXIAL_LEVELS = (("centrum semiovale", 40.0), ("basal ganglia", 4.0), ("cerebellum", -32.0))
 CORONAL_Y, SAGITTAL_X = -18.0, 10.0
@@ -59,9 +61,9 @@ def _cuts(ph, volume):
 
 def main(out: Path) -> None:
     rows, names, times = [], [], []
-    for seed, tracer, lesions in SUBJECTS:
+    for seed, tracer, lesions, family in SUBJECTS:
         t0 = time.perf_counter()
-        ph = brain_phantom_v2(GRID, seed=seed, tracer=tracer, lesions=lesions, supersample=SUPERSAMPLE)
+        ph = brain_phantom_v2(GRID, seed=seed, tracer=tracer, lesions=lesions, supersample=SUPERSAMPLE, family=family)
         times.append(time.perf_counter() - t0)
         visible = np.zeros(GRID.shape, dtype=bool)
         world = np.stack(np.meshgrid(*[GRID.voxel_centres(k) for k in range(3)], indexing="ij"), axis=-1)
@@ -69,7 +71,8 @@ def main(out: Path) -> None:
             if les.mr_visible:
                 visible |= np.linalg.norm(world - np.asarray(les.centre_mm), axis=-1) <= les.radius_mm
         s = ph.subject
-        names.append(f"seed {seed}, {tracer}\nsize ×{s['scale']:.2f}, yaw {s['yaw_deg']:+.0f}°\n"
+        names.append(f"seed {seed}, {tracer}" + (f" ({family} family)" if family != "standard" else "") + "\n"
+                     f"size ×{s['scale']:.2f}, yaw {s['yaw_deg']:+.0f}°\n"
                      f"tilts {s['pitch_deg']:+.0f}°, {s['roll_deg']:+.0f}°\nventricles ×{s['ventricle_scale']:.2f}")
         mr_lesions, mr_only = _cuts(ph, ph.lesion_mask & visible), _cuts(ph, ph.mr_only_mask)
         rows.append((ph, [("activity", ph.activity, "hot", _cuts(ph, ph.lesion_mask), None),

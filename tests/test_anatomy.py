@@ -390,3 +390,25 @@ def test_lesions_need_brain_in_the_grid():
     assert brain_phantom_v2(far, seed=0).activity.max() == 0.0
     with pytest.raises(ValueError, match="could not place lesion 1"):
         brain_phantom_v2(far, seed=0, lesions=1)
+
+
+# -- families ----------------------------------------------------------------------------------------
+def test_shifted_family_draws_outside_the_standard_ranges():
+    """The out-of-family test family: folding, thickness, contrast and MR statistics disjoint from the
+    training family's; the same seed keeps the same pose."""
+    from pettk.sim.anatomy import FAMILIES, family_ranges
+
+    std, shifted = family_ranges("standard"), family_ranges("shifted")
+    assert set(FAMILIES) == {"standard", "shifted"}
+    for key in ("fold_wavelength_mm", "fdg_gm_wm", "texture_sd", "mr_gamma", "mr_noise_sd"):
+        lo_a, hi_a = std[key]
+        lo_b, hi_b = shifted[key]
+        assert hi_b <= lo_a or lo_b >= hi_a, key
+    grid = pettk.ImageGrid((48, 48), 4.0)
+    a = brain_phantom_v2(grid, seed=4, family="standard", supersample=1)
+    b = brain_phantom_v2(grid, seed=4, family="shifted", supersample=1)
+    assert a.subject["yaw_deg"] == b.subject["yaw_deg"] and b.subject["family"] == "shifted"
+    assert b.subject["fold_wavelength_mm"] < a.subject["fold_wavelength_mm"]
+    assert b.subject["gm_wm_ratio"] <= 2.5 < a.subject["gm_wm_ratio"] or a.subject["gm_wm_ratio"] >= 2.5
+    with pytest.raises(ValueError, match="family must be one of"):
+        brain_phantom_v2(grid, family="other")

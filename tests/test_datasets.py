@@ -95,3 +95,84 @@ def test_dataset_errors(built, tmp_path):
         DatasetConfig(**{**SMALL, "split": (5, 1, 1)}).validate()
     with pytest.raises(ValueError, match="drfs must be"):
         DatasetConfig(**{**SMALL, "drfs": (0.5,)}).validate()
+    with pytest.raises(ValueError, match="anatomy must be one of"):
+        DatasetConfig(**{**SMALL, "anatomy": "v3"}).validate()
+    with pytest.raises(ValueError, match="tissue_maps .* goes with anatomy='tissue-maps'"):
+        DatasetConfig(**{**SMALL, "tissue_maps": str(tmp_path)}).validate()
+    with pytest.raises(ValueError, match="tracer must be one of 'fdg', 'amyloid' for anatomy 'v1'"):
+        DatasetConfig(**{**SMALL, "anatomy": "v1", "tracer": "amyloid-positive"}).validate()
+
+
+def test_defaults_are_the_shipped_training_set():
+    """Issue 21 item 3: v2 anatomy, 128 x 128 at 2.0863 mm on the mmr-like direct planes, >= 200 x 20."""
+    config = DatasetConfig().validate()
+    assert config.anatomy == "v2" and config.geometry == "mmr-like"
+    assert config.grid().shape == (128, 128) and config.grid().voxel_size_mm == pytest.approx((2.0863, 2.0863))
+    assert config.make_geometry().shape == (224, 129)
+    splits = config.subject_splits()
+    assert splits.count("train") >= 200 and config.slices_per_subject >= 20
+    assert splits.count("validation") > 0 and splits.count("test") > 0
+    z = config.slice_positions_mm()
+    assert z[0] == pytest.approx(-55.0) and z[-1] == pytest.approx(55.0)
+    assert DatasetConfig(anatomy="v1").slice_positions_mm()[-1] == pytest.approx(40.0)
+
+
+def test_v2_data_record_generator_labels_and_lesions(built):
+    manifest = json.loads((built / "manifest.json").read_text())
+    assert manifest["version"] == 2
+    assert manifest["generator"] == {"name": "pettk.sim.brain_phantom_v2", "version": "v2", "family": "standard"}
+    assert {s["tracer"] for s in manifest["subjects"]} == {"fdg"}
+    items = [SliceDataset(built, split, drf=4.0)[k] for split in ("train", "validation", "test") for k in (0, 1)]
+    parenchyma = (7, 8, 9, 10, 11, 12, 13, 14, 15)
+    checked = 0
+    for item in items:
+        labels, lesions, truth = item["labels"].numpy(), item["lesions"].numpy(), item["truth"].numpy()
+        assert labels.shape == lesions.shape == truth.shape
+        assert set(np.unique(labels)) <= set(range(17))
+        ids = np.unique(lesions[lesions > 0])
+        assert set(ids) <= {1.0}
+        if ids.size == 0 or (lesions == 1).sum() < 2:
+            continue
+        # lesion numbers mark where the activity departs from its tissue's level
+        inside = lesions == 1
+        tissue = np.isin(labels, parenchyma) & ~inside
+        assert np.isin(labels[inside], parenchyma).mean() >= 0.5
+        ratio = truth[inside].mean() / np.median(truth[tissue])
+        assert ratio > 1.3 or ratio < 0.75
+        checked += 1
+    assert checked >= 2
+
+
+def test_lesion_ids_follow_the_spheres():
+    from pettk.geometry import ImageGrid
+    from pettk.sim.datasets import lesion_ids
+    from pettk.sim.phantoms import Lesion
+
+    grid = ImageGrid((20, 20, 1), (1.0, 1.0, 2.0), origin_mm=(-9.5, -9.5, 3.0))
+    ids = lesion_ids(grid, (Lesion((0.0, 0.0, 3.0), 3.0, 2.0), Lesion((5.5, 5.5, 4.0), 2.5, 0.5)))
+    assert ids.dtype == np.float32 and ids.shape == grid.shape
+    # voxel centres sit on the half-integer lattice: 32 of them within 3 mm of (0, 0); the second
+    # sphere cuts the slab plane z = 3 in a circle of radius sqrt(2.5^2 - 1) = 2.29 mm around a
+    # lattice point: 21 lattice points (offsets up to (2, 1))
+    assert (ids == 1).sum() == 32 and (ids == 2).sum() == 21
+    assert ids[9, 9, 0] == 1 and ids[15, 15, 0] == 2 and ids[0, 0, 0] == 0
+
+
+def test_amyloid_data_sets_mix_positive_and_negative_subjects():
+    from pettk.sim.datasets import subject_tracer
+
+    config = DatasetConfig(tracer="amyloid")
+    kinds = [subject_tracer(config, s) for s in range(200)]
+    assert set(kinds) == {"amyloid-positive", "amyloid-negative"}
+    assert 70 < kinds.count("amyloid-positive") < 130
+    assert subject_tracer(DatasetConfig(tracer="amyloid", anatomy="v1"), 3) == "amyloid"
+
+
+def test_slices_without_room_for_lesions_get_fewer(tmp_path):
+    """Slices near the vertex hold little parenchyma: the lesions that do not fit are dropped."""
+    config = DatasetConfig(n_subjects=1, slices_per_subject=2, image_size=32, geometry="parallel", drfs=(20.0,),
+                           counts_per_slice=1e4, reference_iterations=1, reference_subsets=2, split=(1, 0, 0),
+                           lesions=8, slice_range_mm=140.0)
+    build_dataset(tmp_path, config, progress=False)
+    lesions = SliceDataset(tmp_path, "train", drf=20.0)
+    assert lesions[0]["lesions"].max() < 8 and lesions[1]["lesions"].max() < 8

@@ -258,7 +258,7 @@ def _subject_slices(config: DatasetConfig, grid: ImageGrid, index: int) -> dict[
         out["mu"].append(ph.mu[..., 0])
         out["mr"].append(ph.mr[..., 0])
         out["labels"].append(ph.labels[..., 0])
-        out["lesions"].append(lesion_ids(slab, ph.lesions)[..., 0])
+        out["lesions"].append((lesion_ids(slab, ph.lesions) * ph.lesion_mask)[..., 0])  # where the lesion acts
     return {k: np.stack(v) for k, v in out.items()}
 
 
