@@ -176,3 +176,25 @@ def test_slices_without_room_for_lesions_get_fewer(tmp_path):
     build_dataset(tmp_path, config, progress=False)
     lesions = SliceDataset(tmp_path, "train", drf=20.0)
     assert lesions[0]["lesions"].max() < 8 and lesions[1]["lesions"].max() < 8
+
+
+def test_slice_dataset_augmentation(built):
+    """Issue 21 item 4: augmentation inside the data set, one seeded draw per item, pairs aligned."""
+    from pettk.sim.augment import Augmentation
+
+    plain = SliceDataset(built, "train", drf=4.0)[0]
+    a = SliceDataset(built, "train", drf=4.0, augment=Augmentation.default(), augment_domain="image", seed=3)
+    b = SliceDataset(built, "train", drf=4.0, augment=Augmentation.default(), augment_domain="image", seed=3)
+    ia, ib = a[0], b[0]
+    assert torch.equal(ia["truth"], ib["truth"]) and torch.equal(ia["mr"], ib["mr"])
+    assert not torch.allclose(ia["truth"], plain["truth"])
+    assert "low" not in ia and ia["truth"].shape == plain["truth"].shape
+    both = SliceDataset(built, "train", drf=4.0, augment=Augmentation(flip=1.0, rotation_deg=0.0, zoom=0.0,
+                        elastic_mm=0.0, global_intensity=(1.0, 1.0), tissue_intensity=0.0), seed=0)[0]
+    assert torch.equal(both["truth"], torch.flip(plain["truth"], dims=(0,)))
+    assert both["low"].shape == plain["low"].shape and not torch.equal(both["low"], plain["low"])
+    assert both["low"].sum() == pytest.approx(float(plain["low"].sum()), rel=1e-5)   # a permutation of bins
+    with pytest.raises(ValueError, match="normalisation 'red' needs images and sinograms"):
+        SliceDataset(built, "train", drf=4.0, normalisation="red", augment=Augmentation(), augment_domain="image")
+    with pytest.raises(TypeError, match="augment must be"):
+        SliceDataset(built, "train", drf=4.0, augment={"flip": 0.5})

@@ -11,7 +11,9 @@ A configuration is a plain JSON-compatible dict (see :data:`TINY` and :data:`FUL
      "prediction": "eps", "data": {"root": "...", "field": "truth", "split": "train",
      "drf": 20, "normalisation": "ddip", "cond_field": null}, "train": {...TrainConfig...}}
 
-``cond_field`` (e.g. ``"mr"``) makes the model conditional by channel concatenation.
+``cond_field`` (e.g. ``"mr"``) makes the model conditional by channel concatenation; ``augment``
+(``null``, ``"default"`` or a dict of :class:`~pettk.sim.augment.Augmentation` fields) turns on
+image-domain augmentation of the training slices.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ TINY = {
     "schedule": {"kind": "cosine", "T": 200},
     "prediction": "x0",
     "data": {"root": None, "field": "truth", "split": "train", "drf": None, "normalisation": "ddip",
-             "cond_field": None},
+             "cond_field": None, "augment": None},
     "train": {"steps": 400, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.99, "lr_schedule": "cosine",
               "warmup_steps": 20, "grad_clip": 1.0, "seed": 0, "checkpoint_every": 200},
 }
@@ -53,7 +55,7 @@ FULL = {
     "schedule": {"kind": "linear", "T": 1000},
     "prediction": "eps",
     "data": {"root": None, "field": "truth", "split": "train", "drf": None, "normalisation": "ddip",
-             "cond_field": None},
+             "cond_field": None, "augment": None},
     "train": {"steps": 200000, "batch_size": 32, "lr": 1e-4, "ema_decay": 0.9999, "lr_schedule": "constant",
               "warmup_steps": 1000, "grad_clip": 1.0, "seed": 0, "checkpoint_every": 5000},
 }
@@ -128,7 +130,9 @@ def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool
         if not data.get("root"):
             raise ValueError("config['data']['root'] must name a data set folder (built by `pettk simulate`)")
         slices = SliceDataset(data["root"], data.get("split", "train"), drf=data.get("drf") or
-                              _first_drf(data["root"]), normalisation=data.get("normalisation", "none"))
+                              _first_drf(data["root"]), normalisation=data.get("normalisation", "none"),
+                              augment=_augmentation(data.get("augment")), augment_domain="image",
+                              seed=int(config["train"].get("seed", 0)))
         dataset = FieldDataset(slices, data.get("field", "truth"), data.get("cond_field"))
     model = _unet_from(config)
     if device is not None:
@@ -144,6 +148,21 @@ def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool
         save_checkpoint(out_dir / "model.safetensors", averaged.state_dict(),
                         {"kind": "image-diffusion", "config": config, "train": asdict(train_cfg)})
     return averaged, schedule, trainer
+
+
+def _augmentation(spec):
+    """``config["data"]["augment"]``: None (off), ``"default"`` or a dict of
+    :class:`~pettk.sim.augment.Augmentation` fields."""
+    from ..sim.augment import Augmentation
+
+    if spec is None:
+        return None
+    if spec == "default":
+        return Augmentation.default()
+    if isinstance(spec, dict):
+        return Augmentation(**{k: tuple(v) if isinstance(v, list) else v for k, v in spec.items()})
+    raise ValueError(f"config['data']['augment'] must be null, 'default' or an object of Augmentation fields, "
+                     f"got {spec!r}")
 
 
 def _first_drf(root) -> float:

@@ -30,6 +30,7 @@ import json
 import os
 import shutil
 from dataclasses import asdict, dataclass, field
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -380,13 +381,25 @@ class SliceDataset(torch.utils.data.Dataset):
         divided by its own maximum. ``"ddip"``: images divided by the training maximum (in
         [0, 1]), the MR by its own maximum. The factor is returned as ``item["scale"]``.
 
+    augment : Augmentation, optional
+        Training-data augmentation (:mod:`pettk.sim.augment`) applied to every item before the
+        normalisation, one random draw per item from a stream seeded by ``seed``.
+    augment_domain : {"image", "sinogram", "both"}
+        What the augmented item holds (see :func:`pettk.sim.augment.augment_item`): ``"image"``
+        (the full augmentation of the image fields; sinogram fields are dropped, so only the
+        ``"none"`` and ``"ddip"`` normalisations apply), ``"sinogram"`` (exact sinogram
+        symmetries; image fields dropped) or ``"both"`` (the sinogram-exact transform of both).
+    seed : int
+        Seed of the augmentation stream.
+
     Items are dicts of float32 tensors: ``low`` (``DRF·y_ld``, the unbiased low-dose estimate of
     ``ybar``), ``full``, ``truth``, ``reference``, ``mr``, ``mu``, ``mult``, ``additive``, for
     data sets of manifest version 2 also ``labels`` (tissue codes) and ``lesions`` (lesion number
     per pixel, 0 outside), and ``drf``, ``scale``, ``subject``, ``slice``.
     """
 
-    def __init__(self, root, split: str = "train", drf: float = 20.0, normalisation: str = "none"):
+    def __init__(self, root, split: str = "train", drf: float = 20.0, normalisation: str = "none", *,
+                 augment=None, augment_domain: str = "both", seed: int = 0):
         root = Path(root)
         manifest_path = root / "manifest.json"
         if not manifest_path.is_file():
@@ -399,6 +412,18 @@ class SliceDataset(torch.utils.data.Dataset):
             raise ValueError(f"drf {drf!r} is not in this data set; it has {sorted(self.manifest['drf_keys'])}")
         if normalisation not in NORMALISATIONS:
             raise ValueError(f"normalisation must be one of {', '.join(NORMALISATIONS)}, got {normalisation!r}")
+        if augment is not None:
+            from .augment import DOMAINS, Augmentation
+
+            if not isinstance(augment, Augmentation):
+                raise TypeError(f"augment must be a pettk.sim.augment.Augmentation, got {type(augment).__name__}")
+            if augment_domain not in DOMAINS:
+                raise ValueError(f"augment_domain must be one of {', '.join(DOMAINS)}, got {augment_domain!r}")
+            if augment_domain != "both" and normalisation in ("red", "dream", "legopet"):
+                raise ValueError(f"normalisation {normalisation!r} needs images and sinograms, but "
+                                 f"augment_domain={augment_domain!r} keeps only one of them; use 'both'")
+        self.augment, self.augment_domain = augment, augment_domain
+        self._rng = np.random.default_rng(seed)
         self.root = root
         self.split = split
         self.drf = float(drf)
@@ -413,6 +438,16 @@ class SliceDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self._index)
 
+    @property
+    def _voxel_size_mm(self):
+        return tuple(self.manifest["grid"]["voxel_size_mm"])
+
+    @cached_property
+    def _geometry(self):
+        from ..geometry import from_dict
+
+        return from_dict(self.manifest["geometry"])
+
     def _array(self, subject: int, name: str) -> np.ndarray:
         key = (subject, name)
         if key not in self._arrays:
@@ -426,6 +461,11 @@ class SliceDataset(torch.utils.data.Dataset):
         get = lambda name: torch.from_numpy(np.array(self._array(subject, name)[k], dtype=np.float32))  # noqa: E731
         item = {name: get(name) for name in self.fields}
         item["low"] = self.drf * get(self.low_key)
+        if self.augment is not None:
+            from .augment import augment_item
+
+            item = augment_item(item, self.augment, self._rng, self._voxel_size_mm, self._geometry,
+                                domain=self.augment_domain)
         scale = 1.0
         if self.normalisation in ("red", "dream"):
             scale = max(float(item["low"].max()), 0.1 if self.normalisation == "red" else 1e-12)
