@@ -357,6 +357,9 @@ def _train(args: argparse.Namespace) -> int:
 
     from .diffusion import image_model
 
+    if args.max_minutes is not None and (args.kind != "diffusion" or not args.max_minutes > 0):
+        raise SystemExit("pettk train: --max-minutes takes a positive number of minutes and is for diffusion, got "
+                         f"{args.max_minutes} for {args.kind}")
     if args.kind == "red":
         return _train_red(args)
     if args.kind in PRIOR_TRAINERS:
@@ -376,9 +379,10 @@ def _train(args: argparse.Namespace) -> int:
         config["train"]["steps"] = args.steps
     device = _train_device(args)
     start = time.perf_counter()
-    image_model.train_image_diffusion(config, args.output, progress=not args.no_progress, resume=args.resume,
-                                      device=device)
-    print(f"pettk train {args.kind}: {config['train']['steps']} steps on {device} in "
+    limit = None if args.max_minutes is None else 60.0 * args.max_minutes
+    _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
+                                                      resume=args.resume, device=device, time_limit_s=limit)
+    print(f"pettk train {args.kind}: step {trainer.step} of {config['train']['steps']} on {device} in "
           f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'model.safetensors'}")
     return 0
 
@@ -444,6 +448,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--data", help="data set folder built by `pettk simulate`")
     tr.add_argument("--steps", type=_positive_int, help="override the number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
+    tr.add_argument("--max-minutes", type=float, metavar="M",
+                    help="diffusion: stop after M minutes (a chunk of a long run; continue with --resume)")
     tr.add_argument("--device", default="auto",
                     help="torch device to train on (default auto: cuda when torch sees a GPU, else cpu)")
     tr.add_argument("--no-progress", action="store_true")

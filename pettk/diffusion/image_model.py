@@ -114,10 +114,12 @@ def _unet_from(config: dict) -> UNet:
 
 
 def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool = True, resume: bool = False,
-                          device=None) -> tuple[UNet, NoiseSchedule, Trainer]:
+                          device=None, time_limit_s: float | None = None) -> tuple[UNet, NoiseSchedule, Trainer]:
     """Train per ``config`` (merged onto :data:`TINY` defaults by the caller); returns the EMA model,
     the schedule and the trainer. ``out_dir=None`` keeps everything in memory.
 
+    ``time_limit_s`` ends this call early (a chunk of a long run: the checkpoint and the EMA weights
+    so far are written, the metadata records the step; ``resume=True`` continues).
     ``dataset`` overrides ``config["data"]`` with any map-style dataset of ``{"x": (1, H, W)}``
     items (and ``"cond"`` if conditional). Writes ``out_dir/checkpoint.safetensors`` (trainer
     state, resumable) and ``out_dir/model.safetensors`` (EMA weights + configuration).
@@ -142,11 +144,12 @@ def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool
                           cond_key="cond" if data.get("cond_field") else None)
     train_cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["train"].items()})
     trainer = Trainer(model, loss, dataset, train_cfg, out_dir=out_dir, model_config=config, progress=progress)
-    trainer.fit(resume=resume)
+    trainer.fit(resume=resume, time_limit_s=time_limit_s)
     averaged = trainer.averaged_model()
     if out_dir is not None:
         save_checkpoint(out_dir / "model.safetensors", averaged.state_dict(),
-                        {"kind": "image-diffusion", "config": config, "train": asdict(train_cfg)})
+                        {"kind": "image-diffusion", "config": config, "train": asdict(train_cfg), "step": trainer.step,
+                         "train_seconds": trainer.seconds})
     return averaged, schedule, trainer
 
 

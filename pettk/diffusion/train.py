@@ -275,9 +275,10 @@ class Trainer:
             value /= self.world
         return float(value)
 
-    def fit(self, resume: bool = False, until: int | None = None) -> _History:
-        """Train until ``config.steps`` (or step ``until``, e.g. to stop early and resume later);
-        with ``resume=True`` continue from ``out_dir``'s checkpoint."""
+    def fit(self, resume: bool = False, until: int | None = None, time_limit_s: float | None = None) -> _History:
+        """Train until ``config.steps`` (or step ``until``, or until ``time_limit_s`` seconds of this
+        call have passed: a chunk of a long run, continued later with ``resume=True``); with
+        ``resume=True`` continue from ``out_dir``'s checkpoint. The checkpoint is written on return."""
         if resume:
             if self.out_dir is None:
                 raise ValueError("resume=True needs an out_dir")
@@ -288,8 +289,9 @@ class Trainer:
         last = cfg.steps if until is None else min(int(until), cfg.steps)
         bar = tqdm(total=cfg.steps, initial=self.step, desc="train", disable=not self.progress or self.rank != 0,
                    leave=False)
+        deadline = None if time_limit_s is None else time.perf_counter() + float(time_limit_s)
         try:
-            while self.step < last:
+            while self.step < last and (deadline is None or time.perf_counter() < deadline):
                 started = time.perf_counter()
                 loss = self.train_step()  # returns a Python float, so the device is synchronised
                 self.seconds += time.perf_counter() - started

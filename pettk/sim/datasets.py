@@ -15,8 +15,8 @@ anatomy generator by default, the v1 generator, or the user's own tissue maps) a
                 per pixel (0 outside), for contrast recovery and per-tissue augmentation
 
 The store is a folder: ``manifest.json`` (configuration, generator name and version, geometry,
-grid, subjects and their split, seeds, tracers, image statistics, pettk version) and one folder per subject holding ``.npy``
-arrays (chunked per subject, memory-mapped on read). A subject folder is written under a
+grid, subjects and their split, seeds, tracers, image statistics, pettk version) and one folder per
+subject holding ``.npy`` arrays (chunked per subject, memory-mapped on read). A subject folder is written under a
 temporary name and renamed when complete, so a build can be interrupted and resumed: finished
 subjects are kept, the rest are rebuilt. The manifest is written atomically.
 
@@ -348,7 +348,8 @@ def build_dataset(root, config: DatasetConfig | None = None, progress: bool = Tr
         if not (root / name / "COMPLETE").exists():
             _write_subject(root, name, _simulate_subject(config, i, projector))
         truth = np.load(root / name / "truth.npy", mmap_mode="r")
-        entry = {"name": name, "seed": config.seed + i, "split": splits[i], "tracer": subject_tracer(config, config.seed + i),
+        entry = {"name": name, "seed": config.seed + i, "split": splits[i],
+                 "tracer": subject_tracer(config, config.seed + i),
                  "n_slices": int(truth.shape[0]), "truth_max": float(np.max(truth))}
         if sources is not None:
             entry["source"] = sources[i].name
