@@ -178,7 +178,8 @@ def _place_lesions(grid: ImageGrid, pose: Pose, shapes: Shapes, rng: np.random.G
         if found is None:
             raise LesionPlacementError(
                 f"could not place lesion {len(placed) + 1} (radius {radius:.1f} mm) with its centre in the brain "
-                f"parenchyma inside the grid's field of view {grid!r}; use fewer lesions or a grid that covers the brain")
+                f"parenchyma inside the grid's field of view {grid!r}; use fewer lesions or a grid that covers the "
+                "brain")
         centre = tuple(float(v) for v in found[:grid.ndim])
         placed.append(AnatomyLesion(centre, float(radius), float(factor), bool(vis)))
     return tuple(placed)
