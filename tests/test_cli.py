@@ -96,6 +96,20 @@ def test_simulate_then_train_diffusion(tmp_path):
                  "--output", str(out), "--resume", "--no-progress"]) == 0
     meta = json.loads((out / "checkpoint.json").read_text())
     assert meta["step"] == 12
+    # a time-limited chunk of a longer run (with augmentation) stops early, writes its weights, and resumes
+    config.write_text(json.dumps({"train": {"batch_size": 4, "checkpoint_every": 5}, "data": {"augment": "default"}}))
+    chunk = tmp_path / "chunk"
+    assert main(["train", "diffusion", "--data", str(data), "--config", str(config), "--steps", "400",
+                 "--output", str(chunk), "--max-minutes", "0.002", "--no-progress"]) == 0
+    from pettk.io.checkpoint import load_checkpoint
+
+    _, meta = load_checkpoint(chunk / "model.safetensors")
+    assert 0 < meta["step"] < 400 and meta["step"] == json.loads((chunk / "checkpoint.json").read_text())["step"]
+    assert main(["train", "diffusion", "--data", str(data), "--config", str(config), "--steps", str(meta["step"] + 2),
+                 "--output", str(chunk), "--resume", "--no-progress"]) == 0
+    assert json.loads((chunk / "checkpoint.json").read_text())["step"] == meta["step"] + 2
+    with pytest.raises(SystemExit, match="--max-minutes takes a positive number of minutes and is for diffusion"):
+        main(["train", "red", "--data", str(data), "--output", str(out), "--max-minutes", "5"])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"trian": {}}))
     with pytest.raises(SystemExit, match="unknown configuration key 'trian'"):
