@@ -8,7 +8,10 @@
     images and a metrics table to ``DIR`` (default ``./pettk-demo``). ``--projector`` instead
     runs the projector demo (Shepp–Logan forward and back projection).
 ``pettk evaluate --output DIR [--methods ...] [--checkpoint METHOD=PATH] [--drf 4 20 100] ...``
-    Any subset of methods and checkpoints on N held-out subjects: mean ± std tables and figures.
+    Any subset of methods and checkpoints on N held-out subjects, or on the test split of a data set
+    (``--data DIR``, built by ``pettk simulate``): mean ± std tables (PSNR, SSIM, NRMSE, lesion
+    contrast recovery) and figures; the classical settings are tuned on the validation split of
+    the same data (``--tune``, the default; ``--no-tune``: the fixed TUNED constants).
 ``pettk simulate OUT_DIR [--subjects N --slices S --size PX --anatomy v2 --drf D ...]``
     Build a paired low-/full-dose 2D-slice data set of simulated brains (resumable; default: the
     shipped models' training set, 240 v2 subjects x 20 slices, 128 x 128 on the mmr-like geometry).
@@ -54,20 +57,22 @@ def _demo(args: argparse.Namespace) -> int:
           f"slices at DRF 20, methods: {', '.join(methods)}")
     if missing:
         print(f"  (no shipped model for {', '.join(missing)} in this installation; skipped)")
-    return _run_evaluation(args.output, methods, data, {}, args.device, not args.no_progress)
+    # the demo stays fast: the fixed TUNED settings (`pettk evaluate` tunes on validation data)
+    return _run_evaluation(args.output, methods, data, {}, args.device, not args.no_progress, tune=False)
 
 
-def _run_evaluation(output, methods, data, checkpoints, device, progress) -> int:
+def _run_evaluation(output, methods, data, checkpoints, device, progress, prog="pettk", **options) -> int:
     from .evaluation import evaluate
 
     start = time.perf_counter()
     try:
-        evaluate(output, methods, data, checkpoints=checkpoints, device=device, progress=progress)
+        evaluate(output, methods, data, checkpoints=checkpoints, device=device, progress=progress, **options)
     except (ValueError, TypeError, FileNotFoundError) as err:
-        raise SystemExit(f"pettk: {err}") from None
+        raise SystemExit(f"{prog}: {err}") from None
     out = Path(output)
     print((out / "metrics.md").read_text())
-    print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'}, {out / 'slices.csv'}, figure(s) and "
+    extra = "".join(f"{out / name}, " for name in ("lesions.csv", "tuning.json") if (out / name).exists())
+    print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'}, {out / 'slices.csv'}, {extra}figure(s) and "
           f"{out / 'nifti'}/ in {time.perf_counter() - start:.0f} s")
     return 0
 
@@ -81,9 +86,25 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not sep or not source:
             raise SystemExit(f"pettk evaluate: --checkpoint takes METHOD=PATH_OR_NAME, got {spec!r}")
         checkpoints[method] = source
-    data = EvalData(n_subjects=args.subjects, slices_per_subject=args.slices, drfs=tuple(args.drf),
-                    tracer=args.tracer, seed=HELD_OUT_SEED + args.seed)
-    return _run_evaluation(args.output, tuple(args.methods), data, checkpoints, args.device, not args.no_progress)
+    grid = {key: tuple(values) for key, values in (("osem_iterations", args.tune_osem_iterations),
+                                                   ("post_filter_mm", args.tune_filter_mm),
+                                                   ("bsrem_beta", args.tune_beta), ("rdp_gamma", args.tune_gamma))
+            if values}
+    if args.tune_extend is not None:
+        grid["extend"] = args.tune_extend
+    options = dict(tune=args.tune, tune_slices=args.tune_slices, tune_grid=grid or None,
+                   bsrem_max_epochs=args.bsrem_max_epochs)
+    run = dict(checkpoints=checkpoints, device=args.device, progress=not args.no_progress, prog="pettk evaluate")
+    if args.data:
+        given = [flag for flag, value in (("--tracer", args.tracer), ("--seed", args.seed)) if value is not None]
+        if given:
+            raise SystemExit(f"pettk evaluate: --data evaluates a data set with its own subjects and tracer; "
+                             f"drop {' and '.join(given)} (for simulated held-out subjects only)")
+        return _run_evaluation(args.output, tuple(args.methods), None, data_dir=args.data, drfs=args.drf,
+                               subjects=args.subjects, slices=args.slices, **run, **options)
+    data = EvalData(n_subjects=args.subjects or 3, slices_per_subject=args.slices or 2,
+                    drfs=tuple(args.drf or [20.0]), tracer=args.tracer or "fdg", seed=HELD_OUT_SEED + (args.seed or 0))
+    return _run_evaluation(args.output, tuple(args.methods), data, **run, **options)
 
 
 def _demo_projector(args: argparse.Namespace) -> int:
@@ -400,18 +421,43 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=_demo)
 
-    ev = sub.add_parser("evaluate", help="compare methods on held-out simulated subjects (tables, figures)")
+    ev = sub.add_parser("evaluate", help="compare methods on held-out simulated subjects or a data set's test split")
     ev.add_argument("--output", "-o", required=True, help="output folder")
     ev.add_argument("--methods", nargs="+", choices=EVALUATE_METHODS, default=list(DEMO_METHODS),
                     help=f"methods in table order (default: {' '.join(DEMO_METHODS)})")
     ev.add_argument("--checkpoint", action="append", metavar="METHOD=PATH",
                     help="a checkpoint (.safetensors) or shipped model name for a learned method (repeatable)")
-    ev.add_argument("--subjects", type=_positive_int, default=3, help="held-out subjects (default 3)")
-    ev.add_argument("--slices", type=_positive_int, default=2, help="slices per subject (default 2)")
-    ev.add_argument("--drf", type=float, nargs="+", default=[20.0], help="dose-reduction factors (default 20)")
-    ev.add_argument("--tracer", choices=("fdg", "amyloid"), default="fdg",
-                    help="amyloid: out of distribution for the FDG-trained models")
-    ev.add_argument("--seed", type=int, default=0, help="offset of the held-out subject seeds (default 0)")
+    ev.add_argument("--data", metavar="DIR",
+                    help="evaluate the test split of this data set (built by `pettk simulate`) instead of "
+                         "simulated held-out subjects")
+    ev.add_argument("--subjects", type=_positive_int,
+                    help="held-out subjects (default 3); with --data: the first N test subjects (default all)")
+    ev.add_argument("--slices", type=_positive_int,
+                    help="slices per subject (default 2); with --data: N evenly spaced slices of each (default all)")
+    ev.add_argument("--drf", type=float, nargs="+",
+                    help="dose-reduction factors (default 20; with --data: all of the data set's)")
+    ev.add_argument("--tracer", choices=("fdg", "amyloid"),
+                    help="simulated subjects' tracer (default fdg; amyloid: out of distribution for the FDG-trained "
+                         "models)")
+    ev.add_argument("--seed", type=int, help="offset of the simulated held-out subject seeds (default 0)")
+    ev.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
+                    help="tune OSEM (iterations x post-filter) and BSREM-RDP (beta x gamma) by mean PSNR on the "
+                         "validation split of the evaluated data (default: on when there is one; --no-tune: the "
+                         "fixed TUNED constants)")
+    ev.add_argument("--tune-slices", type=_positive_int, default=8,
+                    help="validation slices that tune, evenly spread (default 8)")
+    ev.add_argument("--tune-osem-iterations", type=_positive_int, nargs="+", metavar="N",
+                    help="OSEM iterations to try (default 2 4 8)")
+    ev.add_argument("--tune-filter-mm", type=float, nargs="+", metavar="MM",
+                    help="post-filter FWHMs to try (default 0 4 6 8 10)")
+    ev.add_argument("--tune-beta", type=float, nargs="+", metavar="B",
+                    help="BSREM-RDP betas to try (default 0.03 0.1 0.3 1 3)")
+    ev.add_argument("--tune-gamma", type=float, nargs="+", metavar="G",
+                    help="RDP gammas to try (default 0.5 2 5 20)")
+    ev.add_argument("--tune-extend", type=int, metavar="K",
+                    help="extend the beta/gamma grids past a winning end up to K times (default 3; 0: as given)")
+    ev.add_argument("--bsrem-max-epochs", type=_positive_int, metavar="N",
+                    help="cap BSREM-RDP's epochs (default 1000; it stops earlier when converged)")
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_evaluate)

@@ -1,5 +1,9 @@
 """Image-quality metrics: PSNR, SSIM, NRMSE, contrast recovery, background variability, deviance.
 
+Lesion contrast recovery against a known truth (simulations): :func:`lesion_rois` finds, per
+lesion of a lesion-number map, the lesion's pixels and a background shell around it;
+:func:`lesion_contrast_recovery` compares an image's lesion-to-background ratio with the truth's.
+
 Inputs are numpy arrays or torch tensors (any device); results are Python floats. The papers
 behind pettk's priors compute these differently (``METHODS.md`` §1.2), so the conventions are
 parameters:
@@ -15,13 +19,15 @@ parameters:
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 from skimage.metrics import structural_similarity
 
 from ._validation import as_bool_mask, as_nonnegative_float
 
-__all__ = ["psnr", "ssim", "nrmse", "contrast_recovery", "background_variability", "poisson_deviance"]
+__all__ = ["psnr", "ssim", "nrmse", "contrast_recovery", "lesion_contrast_recovery", "LesionROI", "lesion_rois",
+           "background_variability", "poisson_deviance"]
 
 
 def _np(name, x):
@@ -114,6 +120,170 @@ def contrast_recovery(x, hot_mask, background_mask, true_contrast: float) -> flo
     if true_contrast == 1:
         raise ValueError("true_contrast must differ from 1")
     return (ratio - 1.0) / (true_contrast - 1.0)
+
+
+def lesion_contrast_recovery(image, truth, lesion_mask, background_mask) -> float:
+    """Contrast recovery of one lesion against the true activity:
+
+    ``CR = (mean_img(L) / mean_img(B) - 1) / (mean_true(L) / mean_true(B) - 1)``
+
+    with ``L`` the lesion's pixels and ``B`` its background (e.g. from :func:`lesion_rois`). 1 means
+    the image has the lesion's true contrast, 0 no contrast at all; it works alike for hot
+    (``mean_true(L) > mean_true(B)``) and cold lesions (a cold lesion filled in halfway scores
+    0.5), and values above 1 mean overshoot. Unlike :func:`contrast_recovery`, the true contrast is
+    measured on ``truth`` with the same masks, so the truth's own partial volume is in the reference.
+
+    Raises ``ValueError`` when a mask is empty, the masks overlap, a background mean (image or
+    truth) is not positive, or the true contrast is zero (``mean_true(L) == mean_true(B)``).
+    """
+    a, t = _np("image", image), _np("truth", truth)
+    if a.shape != t.shape:
+        raise ValueError(f"image and truth must have the same shape, got {a.shape} and {t.shape}")
+    les = as_bool_mask("lesion_mask", lesion_mask, a.shape)
+    bg = as_bool_mask("background_mask", background_mask, a.shape)
+    for name, m in (("lesion_mask", les), ("background_mask", bg)):
+        if not m.any():
+            raise ValueError(f"{name} is empty")
+    if (les & bg).any():
+        raise ValueError("lesion_mask and background_mask must not overlap")
+    true_bg = float(t[bg].mean())
+    if not true_bg > 0:
+        raise ValueError(f"the true background mean must be > 0, got {true_bg!r}")
+    true_contrast = float(t[les].mean()) / true_bg - 1.0
+    if abs(true_contrast) <= 1e-9:
+        raise ValueError("the true contrast is 0 (the lesion's true mean equals its background's); "
+                         "contrast recovery is undefined")
+    image_bg = float(a[bg].mean())
+    if not image_bg > 0:
+        raise ValueError(f"the image's background mean must be > 0, got {image_bg!r}")
+    return (float(a[les].mean()) / image_bg - 1.0) / true_contrast
+
+
+@dataclass(frozen=True, eq=False)
+class LesionROI:
+    """The regions of one lesion in one image (see :func:`lesion_rois`).
+
+    Attributes
+    ----------
+    lesion : int
+        The lesion's number in the lesion map.
+    mask, background : bool arrays
+        The lesion's pixels and its background shell.
+    true_contrast : float
+        ``mean_true(mask) / mean_true(background)`` (> 1 hot, < 1 cold; NaN when not measurable).
+    skipped : str
+        Why the lesion is not measured ("" when it is).
+    """
+
+    lesion: int
+    mask: np.ndarray
+    background: np.ndarray
+    true_contrast: float
+    skipped: str = ""
+
+    @property
+    def kind(self) -> str:
+        """``"hot"`` (true contrast > 1), ``"cold"`` (< 1) or ``""`` (not measured)."""
+        if not math.isfinite(self.true_contrast) or self.true_contrast == 1.0:
+            return ""
+        return "hot" if self.true_contrast > 1.0 else "cold"
+
+    @property
+    def pixels(self) -> int:
+        return int(self.mask.sum())
+
+    @property
+    def background_pixels(self) -> int:
+        return int(self.background.sum())
+
+    def recovery(self, image, truth) -> float:
+        """:func:`lesion_contrast_recovery` of ``image`` on this lesion (NaN when skipped)."""
+        if self.skipped:
+            return math.nan
+        return lesion_contrast_recovery(image, truth, self.mask, self.background)
+
+
+def lesion_rois(lesions, truth, labels=None, *, parenchyma=None, inner_px: float = 1.5, outer_px: float = 3.5,
+                min_pixels: int = 2, min_background: int = 4, min_contrast: float = 0.1,
+                truth_fraction: float = 0.1) -> list[LesionROI]:
+    """Lesion and background regions of every lesion in a lesion-number map (2D or 3D).
+
+    Definition (pixel units, so that it scales with the image's resolution):
+
+    * **lesion** ``k``: the pixels numbered ``k`` in ``lesions`` (pixel centre inside the lesion);
+    * **background**: the shell of pixels whose Euclidean distance ``d`` to the nearest pixel of
+      lesion ``k`` is ``inner_px < d <= outer_px`` (defaults 1.5 and 3.5: a ring about two pixels
+      thick that leaves out the eight neighbours of the lesion, whose true activity is partly the
+      lesion's by partial volume), minus the pixels of every lesion and their neighbours within
+      ``inner_px``, restricted to the tissue a lesion sits in: brain parenchyma
+      (``labels`` in ``parenchyma``; default the v2 codes
+      :data:`pettk.sim.anatomy.PARENCHYMA`) when ``labels`` is given, else pixels whose true
+      activity is at least ``truth_fraction`` times the maximum outside the lesions.
+
+    A lesion is reported but not measured (``skipped`` says why) when it has fewer than
+    ``min_pixels`` pixels in the image (a lesion cut near its edge by a slice), a background of
+    fewer than ``min_background`` pixels, no true activity around it, or a true contrast within
+    ``min_contrast`` of 1 (``|mean_true(L) / mean_true(B) - 1| < min_contrast``: the denominator of
+    :func:`lesion_contrast_recovery` would be too small to trust).
+
+    Parameters
+    ----------
+    lesions : array
+        Lesion number per pixel (1, 2, ...; 0 outside), e.g. the ``lesions`` of a data set slice.
+    truth : array
+        The true activity (classifies hot and cold lesions by their true contrast).
+    labels : array, optional
+        Tissue label per pixel.
+
+    Returns
+    -------
+    list of LesionROI
+        One per lesion number present, in increasing order.
+    """
+    from scipy.ndimage import distance_transform_edt
+
+    t = _np("truth", truth)
+    ids = _np("lesions", lesions)
+    if ids.shape != t.shape:
+        raise ValueError(f"lesions and truth must have the same shape, got {ids.shape} and {t.shape}")
+    if np.any(ids < 0) or np.any(ids != np.round(ids)):
+        raise ValueError("lesions must hold non-negative integer lesion numbers")
+    if not 0 <= inner_px < outer_px:
+        raise ValueError(f"need 0 <= inner_px < outer_px, got {inner_px!r} and {outer_px!r}")
+    ids = ids.astype(np.int64)
+    any_lesion = ids > 0
+    if labels is not None:
+        lab = _np("labels", labels)
+        if lab.shape != t.shape:
+            raise ValueError(f"labels and truth must have the same shape, got {lab.shape} and {t.shape}")
+        if parenchyma is None:
+            from .sim.anatomy import PARENCHYMA as parenchyma
+        tissue = np.isin(np.round(lab).astype(np.int64), np.asarray(tuple(parenchyma), dtype=np.int64))
+    else:
+        outside = t[~any_lesion]
+        tissue = t >= truth_fraction * (float(outside.max()) if outside.size else 0.0)
+        tissue &= t > 0
+    near_any = distance_transform_edt(~any_lesion) <= inner_px if any_lesion.any() else np.zeros_like(any_lesion)
+    out = []
+    for k in np.unique(ids[any_lesion]):
+        mask = ids == k
+        d = distance_transform_edt(~mask)
+        background = (d > inner_px) & (d <= outer_px) & ~near_any & tissue
+        skipped, contrast = "", math.nan
+        if mask.sum() < min_pixels:
+            skipped = f"fewer than {min_pixels} pixels"
+        elif background.sum() < min_background:
+            skipped = f"fewer than {min_background} background pixels"
+        else:
+            true_bg = float(t[background].mean())
+            if not true_bg > 0:
+                skipped = "no true activity in the background"
+            else:
+                contrast = float(t[mask].mean()) / true_bg
+                if abs(contrast - 1.0) < min_contrast:
+                    skipped = f"true contrast within {min_contrast:g} of 1"
+        out.append(LesionROI(int(k), mask, background, contrast, skipped))
+    return out
 
 
 def background_variability(x, background_rois) -> float:

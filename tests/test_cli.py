@@ -153,8 +153,9 @@ def test_evaluate_methods_match_the_cli():
 def test_evaluate_writes_tables_figure_and_nifti(tmp_path, capsys):
     out = tmp_path / "ev"
     assert main(["evaluate", "-o", str(out), "--methods", "osem", "mlem", "--subjects", "2", "--slices", "1",
-                 "--no-progress"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "metrics.csv", "metrics.md", "nifti", "slices.csv"]
+                 "--no-tune", "--no-progress"]) == 0
+    assert sorted(p.name for p in out.iterdir()) == ["figure.png", "lesions.csv", "metrics.csv", "metrics.md", "nifti",
+                                                     "slices.csv"]
     table = (out / "metrics.md").read_text()
     assert "| OSEM + filter | 20 | fdg | 2 |" in table and "| MLEM | 20 | fdg | 2 |" in table
     rows = (out / "slices.csv").read_text().splitlines()

@@ -131,7 +131,8 @@ def test_every_method_runs_on_cuda_like_on_the_cpu(tmp_path):
     methods = CLASSICAL + tuple(m for m in LEARNED if DEFAULT_MODELS[m] in pettk.models.available())
     psnrs = {}
     for device in ("cpu", "cuda"):
-        summary = evaluate(tmp_path / device, methods, data, device=device, progress=False, write_nifti=False)
+        summary = evaluate(tmp_path / device, methods, data, device=device, progress=False, write_nifti=False,
+                           tune=False)
         psnrs[device] = {row["method"]: row["psnr"] for row in summary}
     assert set(psnrs["cuda"]) == set(methods)
     for method in methods:

@@ -1,45 +1,109 @@
-"""Evaluate reconstruction methods on held-out simulated subjects (``pettk evaluate``, ``pettk demo``).
+"""Evaluate reconstruction methods on held-out data (``pettk evaluate``, ``pettk demo``).
 
-:func:`evaluate` simulates held-out brain subjects (:mod:`.data`, seeds disjoint from training),
-reconstructs each slice's low-dose sinogram with every requested method (:mod:`.methods`:
-OSEM + post-filter, BSREM-RDP, MLEM and the four learned priors with the shipped default models
-or user checkpoints), scores the images against the true activity (PSNR, SSIM, NRMSE; peak =
-the slice's true maximum) and writes (:mod:`.report`):
+What is evaluated
+    Either simulated held-out brain subjects (:class:`EvalData`, :mod:`.data`; seeds disjoint
+    from training), or the **test split of any data set built by** ``pettk simulate``
+    (``evaluate(..., data_dir=DIR)``, ``pettk evaluate --data DIR``: any geometry, anatomy,
+    size or tracer in its manifest, ``--tissue-maps`` data sets included; its DRFs unless
+    ``drfs`` picks some; ``subjects`` / ``slices`` limit the test subjects and the slices of each).
 
-- ``metrics.md`` / ``metrics.csv``: mean ± std per method, DRF and tracer;
-- ``slices.csv``: every slice's metrics and time;
-- ``figure.png``: reference, each method and the error maps for the first slice of each DRF;
-- ``nifti/<method>_drf<D>_<subject>.nii.gz``: every reconstructed slice, stacked along z.
+How
+    Each slice's low-dose sinogram is reconstructed with every requested method
+    (:mod:`.methods`: OSEM + post-filter, BSREM-RDP, MLEM and the four learned priors with the
+    shipped default models or user checkpoints) and the images are scored against the true
+    activity: PSNR, SSIM, NRMSE (peak = the slice's true maximum) and, where the data set stores
+    lesion maps (manifest version 2), **lesion contrast recovery**
+    ``CR = (mean_img(L)/mean_img(B) - 1) / (mean_true(L)/mean_true(B) - 1)`` per lesion
+    (:func:`pettk.metrics.lesion_contrast_recovery`): 1 is the lesion's true contrast, 0 none, for
+    hot and cold lesions alike. ``L`` is the lesion's pixels, ``B`` a shell about two pixels thick
+    around it in the parenchyma, leaving out the pixels touching any lesion
+    (:func:`pettk.metrics.lesion_rois`); hot and cold are told apart by the true contrast; lesions
+    under 2 pixels in a slice, or with a true contrast within 10 % of 1, are listed but not scored.
 
-:func:`tune_classical` picks the classical settings (OSEM iterations × post-filter, BSREM β)
-on validation subjects, so the classical baselines are as well tuned as the learned methods.
+Honest classical baselines (``tune``)
+    The classical settings (OSEM iterations × post-filter, BSREM-RDP β × γ) are tuned on the
+    **validation split of the data being evaluated**, never its test split: for ``data_dir``
+    its ``validation`` subjects; for simulated held-out data, validation subjects simulated with
+    the same settings (anatomy, geometry, size, counts, tracer) and seeds from
+    :data:`~.data.VALIDATION_SEED`. ``tune_slices`` validation slices (default 8, evenly spread)
+    score every grid point by mean PSNR (:func:`tune_on_cases`, the grid search of
+    :func:`tune_classical`). ``tune=None`` (the default) tunes whenever a validation split exists;
+    ``tune=False`` uses the fixed :data:`~.methods.TUNED` constants (or ``settings``), which were
+    tuned once on v1 64 × 64 simulated subjects and are no fair baseline for other data.
+
+Outputs (:mod:`.report`), in ``out_dir``
+    - ``metrics.md`` / ``metrics.csv``: mean ± std per method, DRF and tracer, with ``CR hot`` and
+      ``CR cold`` (mean ± std over lesions, their number), the classical settings used and how they
+      were chosen;
+    - ``slices.csv``: every slice's metrics and time; ``lesions.csv``: every lesion's CR;
+    - ``tuning.json`` (when tuned): the validation slices, every grid point's mean PSNR and the
+      chosen settings per DRF;
+    - ``figure.png``: reference, each method and the error maps for the first slice of each DRF;
+    - ``nifti/<method>_drf<D>_<subject>.nii.gz``: every reconstructed slice, stacked along z.
+
+:func:`tune_classical` tunes the classical settings on simulated validation subjects alone (it
+chose :data:`~.methods.TUNED`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import math
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ..metrics import nrmse, psnr, ssim
+from .._validation import as_positive_int
+from ..io import atomic_path
+from ..metrics import lesion_rois, nrmse, psnr, ssim
 from ..priors.base import dataset_forward_model
-from .data import HELD_OUT_SEED, EvalData, build_heldout
+from .data import (
+    HELD_OUT_SEED,
+    VALIDATION_SEED,
+    EvalData,
+    build_heldout,
+    evenly_spaced,
+    manifest_drfs,
+    open_split,
+    parenchyma_labels,
+    read_manifest,
+    select_indices,
+    split_subjects,
+    validation_data,
+)
 from .methods import CLASSICAL, DEFAULT_MODELS, LEARNED, METHODS, TUNED, Case, ClassicalSettings, make_runner
-from .report import comparison_lines, summarise, write_figure, write_nifti_stack, write_rows_csv, write_summary
+from .report import (
+    comparison_lines,
+    summarise,
+    write_figure,
+    write_lesions_csv,
+    write_nifti_stack,
+    write_rows_csv,
+    write_summary,
+)
 
-__all__ = ["evaluate", "tune_classical", "load_method_model", "EvalData", "ClassicalSettings", "Case", "METHODS",
-           "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "HELD_OUT_SEED", "LABELS"]
+__all__ = ["evaluate", "tune_classical", "tune_on_cases", "load_method_model", "EvalData", "ClassicalSettings", "Case",
+           "METHODS", "CLASSICAL", "LEARNED", "TUNABLE", "TUNE_GRID", "DEFAULT_MODELS", "HELD_OUT_SEED",
+           "VALIDATION_SEED", "LABELS"]
 
 log = logging.getLogger(__name__)
 
 LABELS = {"osem": "OSEM + filter", "bsrem-rdp": "BSREM-RDP", "mlem": "MLEM", "red": "RED", "dream": "DREAM",
           "ddip": "DDIP", "legopet": "LegoPET"}
+
+#: The methods whose settings ``tune`` chooses on validation data.
+TUNABLE = ("osem", "bsrem-rdp")
+#: The default tuning grids (those of :func:`tune_classical`); ``extend``: how many times a grid
+#: is extended past a winning end (beta, gamma; 0 keeps the grids as given).
+TUNE_GRID = {"osem_iterations": (2, 4, 8), "post_filter_mm": (0.0, 4.0, 6.0, 8.0, 10.0),
+             "bsrem_beta": (0.03, 0.1, 0.3, 1.0, 3.0), "rdp_gamma": (0.5, 2.0, 5.0, 20.0), "extend": 3}
 
 
 def load_method_model(method: str, source=None, device="cpu"):
@@ -54,11 +118,12 @@ def load_method_model(method: str, source=None, device="cpu"):
     return models.load_checkpoint_for(method, source, device=device)
 
 
-def _cases(datasets: dict, device) -> list[tuple[float, dict, Case]]:
+def _cases(datasets: dict, device, indices: dict | None = None) -> list[tuple[float, dict, Case]]:
+    """``(drf, item, case)`` for the items of each DRF's data set (``indices[drf]``: which; default all)."""
     out = []
     for drf, ds in datasets.items():
         grid = dataset_forward_model(ds.manifest, ds[0]["mult"], ds[0]["additive"]).projector.grid
-        for i in range(len(ds)):
+        for i in (range(len(ds)) if indices is None else indices[drf]):
             item = ds[i]
             model = dataset_forward_model(ds.manifest, item["mult"], item["additive"]).to(device)
             case = Case(y_low=(item["low"] / drf).round().to(device), model=model, drf=drf, grid=grid,
@@ -82,10 +147,70 @@ def _check_methods(methods) -> tuple[str, ...]:
     return methods
 
 
+def _check_grid(tune_grid: dict | None) -> dict:
+    grid = dict(TUNE_GRID)
+    unknown = set(tune_grid or {}) - set(grid)
+    if unknown:
+        raise ValueError(f"unknown tune_grid keys {sorted(unknown)}; known: {', '.join(grid)}")
+    grid.update(tune_grid or {})
+    for key in ("osem_iterations", "post_filter_mm", "bsrem_beta", "rdp_gamma"):
+        values = tuple(grid[key])
+        if not values:
+            raise ValueError(f"tune_grid[{key!r}] must hold at least one value")
+        for v in values:  # the same checks as the settings themselves
+            dataclasses.replace(ClassicalSettings(), **{key: v}).validate()
+        grid[key] = tuple(int(v) for v in values) if key == "osem_iterations" else tuple(float(v) for v in values)
+    extend = grid["extend"]
+    if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
+        raise ValueError(f"tune_grid['extend'] must be an integer >= 0, got {extend!r}")
+    return grid
+
+
+def _image(x) -> np.ndarray:
+    return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
+
+
+def _settings_text(per_drf: dict, methods, how: str) -> str:
+    shown = [m for m in ("osem", "bsrem-rdp", "mlem") if m in methods]
+    if not shown:
+        return ""
+    parts = []
+    for drf, s in per_drf.items():
+        items = []
+        if "osem" in shown:
+            items.append(f"OSEM {s.osem_iterations} iterations × {s.osem_subsets} subsets, "
+                         f"{s.post_filter_mm:g} mm post-filter")
+        if "bsrem-rdp" in shown:
+            items.append(f"BSREM-RDP β {s.bsrem_beta:g}, γ {s.rdp_gamma:g} (MAP, at most {s.bsrem_iterations} epochs)")
+        if "mlem" in shown:
+            items.append(f"MLEM {s.mlem_iterations} iterations")
+        parts.append(f"DRF {drf:g}: " + "; ".join(items))
+    return f"Classical settings, {how}: " + ". ".join(parts) + ".\n\n"
+
+
+def _cr_text(has_maps: bool, counts: Counter) -> str:
+    if not has_maps:
+        return ("\nCR hot / CR cold: n/a; this data set stores no lesion maps (manifest version 1, built "
+                "before pettk 0.3); rebuild it with `pettk simulate` for lesion contrast recovery.\n")
+    skipped = {k: v for k, v in counts.items() if k not in ("hot", "cold")}
+    text = (f"\nCR hot / CR cold: lesion contrast recovery (mean_img(L)/mean_img(B) − 1) / "
+            f"(mean_true(L)/mean_true(B) − 1), 1 = the true contrast; mean ± std over lesions (their number in "
+            f"brackets); B = the parenchyma 1.5–3.5 pixels from the lesion, away from every lesion; hot and cold "
+            f"by the true contrast. Measured: {counts['hot']} hot and {counts['cold']} cold lesions (lesion × slice, "
+            f"at each DRF)")
+    if skipped:
+        text += "; not scored: " + ", ".join(f"{v} ({k})" for k, v in skipped.items())
+    return text + ". Every lesion: lesions.csv.\n"
+
+
 def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoints: dict | None = None,
-             settings: ClassicalSettings | dict | None = None, device="cpu", data_dir=None, write_nifti: bool = True,
-             progress: bool = True, title: str | None = None) -> list[dict]:
-    """Run ``methods`` on held-out subjects and write tables, figures and images to ``out_dir``.
+             settings: ClassicalSettings | dict | None = None, device="cpu", data_dir=None, drfs=None,
+             subjects: int | None = None, slices: int | None = None, tune: bool | None = None, tune_slices: int = 8,
+             tune_grid: dict | None = None, bsrem_max_epochs: int | None = None, cache_dir=None,
+             write_nifti: bool = True, progress: bool = True, title: str | None = None) -> list[dict]:
+    """Run ``methods`` on held-out data and write tables, figures and images to ``out_dir``.
+
+    Every argument is checked before any work (simulation, tuning, reconstruction).
 
     Parameters
     ----------
@@ -94,66 +219,186 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     methods : sequence of str
         Any of :data:`METHODS`, in the order of the table and figure.
     data : EvalData
-        Held-out subjects, DRFs, tracer (default: 3 FDG-like subjects × 2 slices at DRF 20).
+        Simulated held-out subjects, DRFs, tracer (default: 3 FDG-like subjects × 2 slices at
+        DRF 20). Not with ``data_dir``.
     checkpoints : dict, optional
         ``{method: shipped model name or checkpoint path}`` overriding :data:`DEFAULT_MODELS`.
     settings : ClassicalSettings or {drf: ClassicalSettings}, optional
         Classical settings (default: :data:`~pettk.evaluation.methods.TUNED` for the DRF, else
-        :class:`ClassicalSettings`).
+        :class:`ClassicalSettings`); with tuning, the base whose tuned fields are replaced.
     device : str or torch.device
     data_dir : path, optional
-        Where to keep the simulated subjects (reused if it holds the same configuration);
-        default a temporary folder.
+        A data set built by ``pettk simulate`` (:func:`pettk.sim.datasets.build_dataset`): its test
+        split is evaluated, its validation split tunes.
+    drfs : sequence of float, optional
+        With ``data_dir``: the DRFs to evaluate (default all of the data set's).
+    subjects, slices : int, optional
+        With ``data_dir``: the first ``subjects`` test subjects and ``slices`` evenly spaced slices
+        of each (default all).
+    tune : bool, optional
+        Tune the settings of ``osem`` / ``bsrem-rdp`` (those requested) on the validation data;
+        default: whenever there is a validation split (always for simulated data).
+    tune_slices : int
+        Validation slices that tune (evenly spread over the validation split; default 8).
+    tune_grid : dict, optional
+        Overrides of :data:`TUNE_GRID` (``osem_iterations``, ``post_filter_mm``, ``bsrem_beta``,
+        ``rdp_gamma``, ``extend``).
+    bsrem_max_epochs : int, optional
+        Caps BSREM-RDP's epochs (``ClassicalSettings.bsrem_iterations``), in tuning and evaluation.
+    cache_dir : path, optional
+        For simulated data: where to keep the simulated test (``test/``) and validation
+        (``validation/``) subjects, reused when they hold the same configuration; default a
+        temporary folder.
 
     Returns
     -------
     list of dict
-        The summary rows (method, drf, tracer, n, psnr, psnr_std, ssim, ...).
+        The summary rows (method, drf, tracer, n, psnr, psnr_std, ssim, ..., cr_hot, cr_cold, ...).
     """
     methods = _check_methods(methods)
-    data = data or EvalData()
-    if not isinstance(data, EvalData):
-        raise TypeError(f"data must be an EvalData, got {type(data).__name__}")
     checkpoints = dict(checkpoints or {})
     bad = [m for m in checkpoints if m not in LEARNED]
     if bad:
         raise ValueError(f"checkpoints given for {bad}, which take no model; learned methods are {', '.join(LEARNED)}")
-    if settings is None:
-        per_drf = {float(d): TUNED.get(float(d), ClassicalSettings()).validate() for d in data.drfs}
-    elif isinstance(settings, ClassicalSettings):
-        per_drf = {float(d): settings.validate() for d in data.drfs}
+    for name, value in (("subjects", subjects), ("slices", slices)):
+        if value is not None:
+            as_positive_int(name, value)
+    tune_slices = as_positive_int("tune_slices", tune_slices)
+    if bsrem_max_epochs is not None:
+        bsrem_max_epochs = as_positive_int("bsrem_max_epochs", bsrem_max_epochs)
+    grid = _check_grid(tune_grid)
+
+    manifest = None
+    if data_dir is not None:
+        if data is not None:
+            raise ValueError("give data (simulated held-out subjects) or data_dir (an existing data set), not both")
+        root = Path(data_dir)
+        manifest = read_manifest(root)
+        available = manifest_drfs(manifest)
+        drfs = available if drfs is None else tuple(float(d) for d in drfs)
+        unknown = [d for d in drfs if d not in available]
+        if unknown:
+            raise ValueError(f"DRF {', '.join(f'{d:g}' for d in unknown)} not in the data set at {root}; "
+                             f"it has DRF {', '.join(f'{d:g}' for d in available)}")
+        if not split_subjects(manifest, "test"):
+            raise ValueError(f"the data set at {root} has no test subjects to evaluate")
+        has_validation = bool(split_subjects(manifest, "validation"))
     else:
-        per_drf = {float(d): settings.get(float(d), ClassicalSettings()).validate() for d in data.drfs}
+        if drfs is not None or subjects is not None or slices is not None:
+            raise ValueError("drfs, subjects and slices select from data_dir; for simulated subjects set them in "
+                             "EvalData")
+        data = data or EvalData()
+        if not isinstance(data, EvalData):
+            raise TypeError(f"data must be an EvalData, got {type(data).__name__}")
+        drfs = tuple(float(d) for d in data.drfs)
+        has_validation = True
+    if len(set(drfs)) != len(drfs) or not drfs:
+        raise ValueError(f"drfs must be distinct and at least one, got {drfs}")
+    if tune is None:
+        tune = has_validation
+    if tune and not has_validation:
+        raise ValueError(f"the data set at {data_dir} has no validation split to tune the classical settings on; "
+                         "build it with validation subjects (`pettk simulate --validation N`) or do not tune "
+                         "(--no-tune: the fixed TUNED settings)")
+    tunable = tuple(m for m in methods if m in TUNABLE) if tune else ()
+    val_data = validation_data(data, tune_slices) if tunable and data is not None else None
+
+    if settings is None:
+        per_drf = {d: TUNED.get(d, ClassicalSettings()) for d in drfs}
+    elif isinstance(settings, ClassicalSettings):
+        per_drf = {d: settings for d in drfs}
+    else:
+        per_drf = {d: settings.get(d, ClassicalSettings()) for d in drfs}
+    if bsrem_max_epochs is not None:
+        per_drf = {d: dataclasses.replace(s, bsrem_iterations=bsrem_max_epochs) for d, s in per_drf.items()}
+    per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in ("tuning.json", "lesions.csv"):  # of an earlier run into the same folder
+        (out_dir / stale).unlink(missing_ok=True)
 
     models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
-    runners = {(m, d): make_runner(m, models.get(m), per_drf[d]) for m in methods for d in per_drf}
 
     with tempfile.TemporaryDirectory(prefix="pettk-eval-") as tmp:
-        root = Path(data_dir) if data_dir else Path(tmp) / "heldout"
-        datasets = build_heldout(root, data, progress=progress)
-        cases = _cases(datasets, device)
+        work = Path(cache_dir) if cache_dir else Path(tmp)
+        tuning = None
+        if tunable:
+            if data_dir is not None:
+                val_sets = open_split(root, "validation", drfs)
+                source = f"the validation split of {root}"
+            else:
+                val_sets = build_heldout(work / "validation", val_data, progress=progress)
+                last = val_data.seed + val_data.n_subjects - 1
+                source = f"simulated validation subjects (seeds {val_data.seed}..{last}, the evaluated data's settings)"
+            val_idx = {d: evenly_spaced(len(ds), tune_slices) for d, ds in val_sets.items()}
+            val_cases = _cases(val_sets, device, val_idx)
+            start = time.perf_counter()
+            per_drf, record = tune_on_cases([(d, c) for d, _, c in val_cases], methods=tunable, base=per_drf,
+                                            progress=progress, **grid)
+            tuning = {"criterion": "mean PSNR against the true activity over the validation slices",
+                      "source": source, "methods": list(tunable), "grid": {k: list(v) if isinstance(v, tuple) else v
+                                                                           for k, v in grid.items()},
+                      "slices": {f"{d:g}": [{"subject": c.info["subject"], "slice": c.info["slice"]}
+                                            for dd, _, c in val_cases if dd == d] for d in drfs},
+                      "seconds": time.perf_counter() - start,
+                      "drfs": {f"{d:g}": {"settings": dataclasses.asdict(per_drf[d]), **record[d]} for d in drfs}}
+            with atomic_path(out_dir / "tuning.json") as tmp_path:
+                tmp_path.write_text(json.dumps(tuning, indent=2))
+
+        runners = {(m, d): make_runner(m, models.get(m), per_drf[d]) for m in methods for d in per_drf}
+        if data_dir is not None:
+            datasets = open_split(root, "test", drfs)
+            indices = {d: select_indices(ds, subjects, slices) for d, ds in datasets.items()}
+            tracers = {s["name"]: s.get("tracer", manifest["config"].get("tracer", "")) for s in manifest["subjects"]}
+        else:
+            datasets = build_heldout(work / "test" if cache_dir else work / "heldout", data, progress=progress)
+            indices = None
+            manifest = next(iter(datasets.values())).manifest
+            tracers = {}
+        parenchyma = parenchyma_labels(manifest)
+        cases = _cases(datasets, device, indices)
         rows: list[dict] = []
+        lesion_rows: list[dict] = []
+        lesion_counts: Counter = Counter()
+        has_maps = False
         images: dict[tuple, list[np.ndarray]] = {}
         first: dict[float, tuple] = {}
         bar = tqdm(total=len(cases) * len(methods), desc="evaluate", disable=not progress)
         for drf, item, case in cases:
             truth = case.truth.numpy()
+            subject = case.info["subject"]
+            tracer = tracers.get(subject, data.tracer if data is not None else "")
+            rois = []
+            if "lesions" in item:
+                has_maps = True
+                rois = lesion_rois(item["lesions"].numpy(), truth,
+                                   item["labels"].numpy() if "labels" in item else None, parenchyma=parenchyma)
+                if drf == drfs[0]:  # the same lesions at every DRF: count them once
+                    lesion_counts.update(r.kind if not r.skipped else r.skipped for r in rois)
             for method in methods:
-                bar.set_postfix_str(f"{method} DRF {drf:g} {case.info['subject']}")
+                bar.set_postfix_str(f"{method} DRF {drf:g} {subject}")
                 start = time.perf_counter()
-                image = runners[(method, drf)](case)
+                image = _image(runners[(method, drf)](case))
                 seconds = time.perf_counter() - start
-                image = np.asarray(image.detach().cpu() if isinstance(image, torch.Tensor) else image,
-                                   dtype=np.float32)
-                row = {"method": method, "drf": drf, "tracer": data.tracer, "subject": case.info["subject"],
+                row = {"method": method, "drf": drf, "tracer": tracer, "subject": subject,
                        "slice": case.info["slice"], "psnr": psnr(image, truth), "ssim": ssim(image, truth),
                        "nrmse": nrmse(image, truth), "seconds": seconds}
                 rows.append(row)
-                images.setdefault((method, drf, case.info["subject"]), []).append(image)
-                first.setdefault(drf, (item, {}, {}))
+                for roi in rois:
+                    lrow = {k: row[k] for k in ("method", "drf", "tracer", "subject", "slice")}
+                    lrow.update(lesion=roi.lesion, kind=roi.kind, pixels=roi.pixels,
+                                background_pixels=roi.background_pixels, skipped=roi.skipped)
+                    if roi.skipped:
+                        lrow.update(true_contrast="", image_contrast="", cr="")
+                    else:
+                        bg = float(image[roi.background].mean())
+                        lrow.update(true_contrast=roi.true_contrast,
+                                    image_contrast=float(image[roi.mask].mean()) / bg if bg > 0 else math.nan,
+                                    cr=roi.recovery(image, truth) if bg > 0 else math.nan)
+                    lesion_rows.append(lrow)
+                images.setdefault((method, drf, subject), []).append(image)
+                first.setdefault(drf, (item, {}, {}, tracer))
                 if first[drf][0] is item:
                     first[drf][1][method] = image
                     first[drf][2][method] = (row["psnr"], row["ssim"])
@@ -161,20 +406,47 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         bar.close()
         grid_2d = cases[0][2].grid
 
-    summary = summarise(rows)
+    summary = summarise(rows, lesion_rows)
     write_rows_csv(out_dir / "slices.csv", rows)
-    preamble = (f"Held-out subjects: {data.n_subjects} × {data.slices_per_subject} slices, tracer {data.tracer}, "
-                f"seeds from {data.seed}; metrics against the true activity (peak = slice maximum).\n\n")
+    if has_maps:
+        write_lesions_csv(out_dir / "lesions.csv", lesion_rows)
+    n_methods = len(methods)
+    if data_dir is not None:
+        config = manifest["config"]
+        n_subjects = len({r["subject"] for r in rows})
+        n_slices = len(rows) // n_methods // len(drfs)
+        preamble = (f"Data set {root} (test split: {n_subjects} subject{'s' * (n_subjects != 1)}, {n_slices} "
+                    f"slice{'s' * (n_slices != 1)}; "
+                    f"{config.get('anatomy', 'v1')} anatomy, {config['image_size']} × {config['image_size']}, "
+                    f"{config['geometry']} geometry); metrics against the true activity (peak = slice maximum).\n\n")
+    else:
+        preamble = (f"Held-out subjects: {data.n_subjects} × {data.slices_per_subject} slices, tracer {data.tracer}, "
+                    f"seeds from {data.seed}; metrics against the true activity (peak = slice maximum).\n\n")
+    if tuning is not None:
+        how = (f"tuned on {len(next(iter(tuning['slices'].values())))} validation slices "
+               f"({tuning['source']}) by best mean PSNR ({', '.join(tunable)}; every score in tuning.json)")
+    elif tune:
+        how = "nothing to tune among the methods evaluated"
+    else:
+        how = ("given" if settings is not None else
+               "the fixed constants pettk.evaluation.TUNED (tuned on v1 64 × 64 simulated validation subjects, "
+               "not on this data" + ("; the ClassicalSettings defaults at DRFs it lacks" if set(drfs) - set(TUNED)
+                                     else "") + ")")
+    preamble += _settings_text(per_drf, methods, how)
     comparisons = comparison_lines(summary, LABELS)
-    write_summary(out_dir, summary, LABELS, preamble, "\n" + "\n".join(comparisons) + "\n" if comparisons else "")
-    for drf, (item, imgs, scores) in first.items():
+    postscript = _cr_text(has_maps, lesion_counts)
+    if comparisons:
+        postscript += "\n" + "\n".join(comparisons) + "\n"
+    write_summary(out_dir, summary, LABELS, preamble, postscript)
+    where = root.name if data_dir is not None else "held-out"
+    for drf, (item, imgs, scores, tracer) in first.items():
         name = "figure.png" if len(first) == 1 else f"figure_drf{drf:g}.png"
         write_figure(out_dir / name, item["truth"].numpy(), imgs, scores,
-                     title or f"DRF {drf:g}, {data.tracer}, held-out {item['subject']} slice {int(item['slice'])}",
+                     title or f"DRF {drf:g}, {tracer}, {where} {item['subject']} slice {int(item['slice'])}",
                      LABELS)
     if write_nifti:
-        for (method, drf, subject), slices in images.items():
-            write_nifti_stack(out_dir / "nifti" / f"{method}_drf{drf:g}_{subject}.nii.gz", slices, grid_2d)
+        for (method, drf, subject), stack in images.items():
+            write_nifti_stack(out_dir / "nifti" / f"{method}_drf{drf:g}_{subject}.nii.gz", stack, grid_2d)
     return summary
 
 
@@ -198,55 +470,112 @@ def _best_on_grid(score, grid: list, *, extend: float, limit: int = 3):
     return best, scores
 
 
-def _tune_rdp(score, base: ClassicalSettings, betas, gammas):
+def _tune_rdp(score, base: ClassicalSettings, betas, gammas, limit: int = 3):
     """Best ``(beta, gamma)`` of BSREM-RDP: the best beta per gamma, then the best gamma, each on
-    a grid extended past a winning end (:func:`_best_on_grid`). Also returns, per gamma tried,
-    its best beta and the scores of every beta."""
+    a grid extended past a winning end (:func:`_best_on_grid`, up to ``limit`` times). Also
+    returns, per gamma tried, its best beta and the scores of every beta."""
     per_gamma = {}
 
     def gamma_score(gamma):
         per_gamma[gamma] = _best_on_grid(
             lambda b: score(dataclasses.replace(base, bsrem_beta=b, rdp_gamma=gamma), "bsrem-rdp"), betas,
-            extend=10 ** 0.5)
+            extend=10 ** 0.5, limit=limit)
         best_beta, scores = per_gamma[gamma]
         return scores[best_beta]
 
-    best_gamma, _ = _best_on_grid(gamma_score, gammas, extend=2.5)
+    best_gamma, _ = _best_on_grid(gamma_score, gammas, extend=2.5, limit=limit)
     return per_gamma[best_gamma][0], best_gamma, per_gamma
+
+
+def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_iterations"],
+                  post_filter_mm=TUNE_GRID["post_filter_mm"], bsrem_beta=TUNE_GRID["bsrem_beta"],
+                  rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3,
+                  base: ClassicalSettings | dict | None = None,
+                  progress: bool = False) -> tuple[dict[float, ClassicalSettings], dict[float, dict]]:
+    """Choose the classical settings per DRF by best mean PSNR over ``cases`` (validation data).
+
+    ``cases`` is a sequence of ``(drf, Case)`` from any data source. OSEM (when ``"osem"`` is in
+    ``methods``): iterations × post-filter over the grids. BSREM-RDP (when ``"bsrem-rdp"`` is):
+    the converged MAP image (:func:`~pettk.evaluation.methods.converged_bsrem`) over ``beta`` ×
+    ``gamma``; when the best ``beta`` (or ``gamma``) lies at an end of its grid, the grid is
+    extended past it (× sqrt(10) for beta, × 2.5 for gamma, up to ``extend`` times) so that the
+    choice is not an artefact of the grid. ``base`` (a :class:`ClassicalSettings` or one per
+    DRF; default :class:`ClassicalSettings`) gives every other setting.
+
+    Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
+    ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
+    """
+    by_drf: dict[float, list[Case]] = {}
+    for drf, case in cases:
+        by_drf.setdefault(float(drf), []).append(case)
+    if not by_drf:
+        raise ValueError("tuning needs at least one validation case")
+    unknown = [m for m in methods if m not in TUNABLE]
+    if unknown:
+        raise ValueError(f"only {', '.join(TUNABLE)} are tuned, got {unknown}")
+    if base is None or isinstance(base, ClassicalSettings):
+        bases = {d: (base or ClassicalSettings()).validate() for d in by_drf}
+    else:
+        bases = {d: base.get(d, ClassicalSettings()).validate() for d in by_drf}
+    chosen, record = {}, {}
+    bar = tqdm(desc="tune (reconstructions)", disable=not progress, leave=False)
+    for drf in sorted(by_drf):
+        mine, b = by_drf[drf], bases[drf]
+
+        def score(settings, method, mine=mine):
+            run = make_runner(method, settings=settings)
+            values = []
+            for c in mine:
+                values.append(psnr(_image(run(c)), c.truth.numpy()))
+                bar.update(1)
+            return float(np.mean(values))
+
+        out, rec = b, {}
+        if "osem" in methods:
+            scores = {(n, f): score(dataclasses.replace(b, osem_iterations=n, post_filter_mm=f), "osem")
+                      for n in osem_iterations for f in post_filter_mm}
+            (n, f) = max(scores, key=scores.get)
+            out = dataclasses.replace(out, osem_iterations=n, post_filter_mm=f)
+            rec["osem"] = {"best": {"osem_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
+                           "scores": [{"osem_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
+                                      for k, v in scores.items()]}
+        if "bsrem-rdp" in methods:
+            best_beta, best_gamma, per_gamma = _tune_rdp(score, b, bsrem_beta, rdp_gamma, limit=extend)
+            out = dataclasses.replace(out, bsrem_beta=best_beta, rdp_gamma=best_gamma)
+            rec["bsrem-rdp"] = {"best": {"bsrem_beta": best_beta, "rdp_gamma": best_gamma,
+                                         "psnr": per_gamma[best_gamma][1][best_beta]},
+                                "scores": [{"rdp_gamma": g, "bsrem_beta": beta, "psnr": v}
+                                           for g, (_, sc) in sorted(per_gamma.items())
+                                           for beta, v in sorted(sc.items())]}
+            log.info("DRF %g: BSREM-RDP PSNR per gamma: %s", drf,
+                     {g: {beta: round(v, 3) for beta, v in sc.items()} for g, (_, sc) in per_gamma.items()})
+        chosen[drf] = out.validate()
+        record[drf] = rec
+        log.info("DRF %g: %s", drf, chosen[drf])
+    bar.close()
+    return chosen, record
 
 
 def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
                    post_filter_mm=(0.0, 4.0, 6.0, 8.0, 10.0),
                    bsrem_beta=(0.03, 0.1, 0.3, 1.0, 3.0), rdp_gamma=(0.5, 2.0, 5.0, 20.0),
-                   base: ClassicalSettings | None = None, progress: bool = True) -> dict[float, ClassicalSettings]:
-    """Choose the classical settings per DRF by best mean PSNR on validation subjects.
+                   base: ClassicalSettings | None = None, progress: bool = True, methods=TUNABLE,
+                   extend: int = 3, device="cpu") -> dict[float, ClassicalSettings]:
+    """Choose the classical settings per DRF by best mean PSNR on simulated validation subjects.
 
-    OSEM: iterations × post-filter over the given grid. BSREM-RDP (the converged MAP image,
-    :func:`~pettk.evaluation.methods.converged_bsrem`): ``beta`` × ``gamma`` over the given
-    grids; when the best ``beta`` (or ``gamma``) lies at an end of its grid, the grid is extended
-    past it (× sqrt(10) for beta, × 2.5 for gamma, up to three times) so that the choice is not
-    an artefact of the grid. The validation subjects use seeds ``HELD_OUT_SEED // 2`` upwards:
-    disjoint from the training (``0 ..``) and the test (``HELD_OUT_SEED ..``) subjects.
+    The grid search is :func:`tune_on_cases` (OSEM iterations × post-filter; BSREM-RDP ``beta`` ×
+    ``gamma``, each grid extended past a winning end up to ``extend`` times). The validation
+    subjects (default 2 × 2 slices at DRF 4, 20 and 100) use seeds :data:`VALIDATION_SEED`
+    (``HELD_OUT_SEED // 2``) upwards: disjoint from the training (``0 ..``) and the test
+    (``HELD_OUT_SEED ..``) subjects. ``evaluate(..., tune=True)`` does the same on the validation
+    split of the data it evaluates.
     """
-    data = data or EvalData(n_subjects=2, slices_per_subject=2, drfs=(4.0, 20.0, 100.0), seed=HELD_OUT_SEED // 2)
+    data = data or EvalData(n_subjects=2, slices_per_subject=2, drfs=(4.0, 20.0, 100.0), seed=VALIDATION_SEED)
     base = (base or ClassicalSettings()).validate()
-    out = {}
+    device = torch.device(device)
     with tempfile.TemporaryDirectory(prefix="pettk-tune-") as tmp:
-        cases = _cases(build_heldout(Path(tmp), data, progress=progress), torch.device("cpu"))
-        for drf in sorted({d for d, _, _ in cases}):
-            mine = [c for d, _, c in cases if d == drf]
-
-            def score(settings, method, mine=mine):
-                run = make_runner(method, settings=settings)
-                return float(np.mean([psnr(np.asarray(run(c)), c.truth.numpy()) for c in mine]))
-
-            best_osem = max(((n, f) for n in osem_iterations for f in post_filter_mm),
-                            key=lambda nf: score(dataclasses.replace(base, osem_iterations=nf[0],
-                                                                     post_filter_mm=nf[1]), "osem"))
-
-            best_beta, best_gamma, per_gamma = _tune_rdp(score, base, bsrem_beta, rdp_gamma)
-            out[drf] = dataclasses.replace(base, osem_iterations=best_osem[0], post_filter_mm=best_osem[1],
-                                           bsrem_beta=best_beta, rdp_gamma=best_gamma)
-            log.info("DRF %g: %s; BSREM-RDP PSNR per gamma: %s", drf, out[drf],
-                     {g: {b: round(v, 3) for b, v in sc.items()} for g, (_, sc) in per_gamma.items()})
-    return out
+        cases = _cases(build_heldout(Path(tmp), data, progress=progress), device)
+        chosen, _ = tune_on_cases([(d, c) for d, _, c in cases], methods=methods, osem_iterations=osem_iterations,
+                                  post_filter_mm=post_filter_mm, bsrem_beta=bsrem_beta, rdp_gamma=rdp_gamma,
+                                  extend=extend, base=base, progress=progress)
+    return chosen

@@ -16,15 +16,37 @@ import numpy as np
 from ..geometry import ImageGrid
 from ..io import atomic_path, save_nifti
 
-__all__ = ["ROW_FIELDS", "comparison_lines", "summarise", "markdown_table", "write_rows_csv", "write_summary",
-           "write_figure", "write_nifti_stack"]
+__all__ = ["ROW_FIELDS", "LESION_FIELDS", "CR_FIELDS", "comparison_lines", "summarise", "markdown_table",
+           "write_rows_csv", "write_lesions_csv", "write_summary", "write_figure", "write_nifti_stack"]
 
 #: Columns of the per-slice CSV.
 ROW_FIELDS = ("method", "drf", "tracer", "subject", "slice", "psnr", "ssim", "nrmse", "seconds")
+#: Columns of the per-lesion CSV (``lesions.csv``): one row per method and lesion of a slice;
+#: ``cr`` is empty and ``skipped`` says why for lesions that are not measured.
+LESION_FIELDS = ("method", "drf", "tracer", "subject", "slice", "lesion", "kind", "pixels", "background_pixels",
+                 "true_contrast", "image_contrast", "cr", "skipped")
+#: Contrast-recovery columns of a summary row (when :func:`summarise` is given lesion rows).
+CR_FIELDS = ("cr_hot", "cr_hot_std", "n_hot", "cr_cold", "cr_cold_std", "n_cold")
 
 
-def summarise(rows: list[dict]) -> list[dict]:
-    """Mean and sample standard deviation of PSNR, SSIM, NRMSE and time per (method, DRF, tracer)."""
+def _cr_summary(lesion_rows: list[dict], key: tuple) -> dict:
+    out = {}
+    for kind in ("hot", "cold"):
+        values = np.array([float(r["cr"]) for r in lesion_rows
+                           if (r["method"], float(r["drf"]), r["tracer"]) == key and r["kind"] == kind
+                           and not r.get("skipped") and math.isfinite(float(r["cr"]))], dtype=np.float64)
+        out[f"n_{kind}"] = int(values.size)
+        out[f"cr_{kind}"] = float(values.mean()) if values.size else math.nan
+        out[f"cr_{kind}_std"] = float(values.std(ddof=1)) if values.size > 1 else (0.0 if values.size else math.nan)
+    return out
+
+
+def summarise(rows: list[dict], lesion_rows: list[dict] | None = None) -> list[dict]:
+    """Mean and sample standard deviation of PSNR, SSIM, NRMSE and time per (method, DRF, tracer).
+
+    With ``lesion_rows`` (rows of :data:`LESION_FIELDS`), also the mean and sample standard
+    deviation of the contrast recovery over the measured hot and cold lesions (:data:`CR_FIELDS`;
+    NaN when there is none)."""
     groups: dict[tuple, list[dict]] = defaultdict(list)
     order: list[tuple] = []
     for row in rows:
@@ -40,6 +62,8 @@ def summarise(rows: list[dict]) -> list[dict]:
             values = np.array([float(r[metric]) for r in group], dtype=np.float64)
             entry[metric] = float(values.mean())
             entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+        if lesion_rows is not None:
+            entry.update(_cr_summary(lesion_rows, key))
         out.append(entry)
     return out
 
@@ -48,15 +72,25 @@ def _pm(mean: float, std: float, digits: int) -> str:
     return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(mean) else "n/a"
 
 
+def _cr_cell(e: dict, kind: str) -> str:
+    n = e.get(f"n_{kind}", 0)
+    return f"{_pm(e[f'cr_{kind}'], e[f'cr_{kind}_std'], 2)} ({n})" if n else "n/a"
+
+
 def markdown_table(summary: list[dict], labels: dict[str, str] | None = None) -> str:
-    """A Markdown table, one row per (method, DRF, tracer): PSNR (dB), SSIM, NRMSE, s per slice."""
+    """A Markdown table, one row per (method, DRF, tracer): PSNR (dB), SSIM, NRMSE, s per slice,
+    and ``CR hot`` / ``CR cold`` (mean ± std over lesions, their number in brackets) when the
+    summary has contrast recovery."""
     labels = labels or {}
-    lines = ["| method | DRF | tracer | n | PSNR (dB) | SSIM | NRMSE | s / slice |",
-             "|---|---|---|---|---|---|---|---|"]
+    with_cr = any("cr_hot" in e for e in summary)
+    cr_head, cr_rule = (" CR hot | CR cold |", "---|---|") if with_cr else ("", "")
+    lines = [f"| method | DRF | tracer | n | PSNR (dB) | SSIM | NRMSE |{cr_head} s / slice |",
+             f"|---|---|---|---|---|---|---|{cr_rule}---|"]
     for e in summary:
+        cr = f" {_cr_cell(e, 'hot')} | {_cr_cell(e, 'cold')} |" if with_cr else ""
         lines.append(f"| {labels.get(e['method'], e['method'])} | {e['drf']:g} | {e['tracer']} | {e['n']} | "
                      f"{_pm(e['psnr'], e['psnr_std'], 2)} | {_pm(e['ssim'], e['ssim_std'], 3)} | "
-                     f"{_pm(e['nrmse'], e['nrmse_std'], 3)} | {e['seconds']:.2f} |")
+                     f"{_pm(e['nrmse'], e['nrmse_std'], 3)} |{cr} {e['seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -77,6 +111,14 @@ def write_rows_csv(path, rows: list[dict]) -> Path:
     return path
 
 
+def write_lesions_csv(path, rows: list[dict]) -> Path:
+    """Per-lesion contrast recovery as CSV (:data:`LESION_FIELDS`)."""
+    path = Path(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(_csv_text(rows, LESION_FIELDS))
+    return path
+
+
 def write_summary(out_dir, summary: list[dict], labels: dict[str, str] | None = None,
                   preamble: str = "", postscript: str = "") -> tuple[Path, Path]:
     """``metrics.md`` (preamble + table + postscript) and ``metrics.csv`` (mean and std columns) in ``out_dir``."""
@@ -86,6 +128,8 @@ def write_summary(out_dir, summary: list[dict], labels: dict[str, str] | None = 
         tmp.write_text(preamble + markdown_table(summary, labels) + postscript)
     fields = ["method", "drf", "tracer", "n"] + [f"{m}{s}" for m in ("psnr", "ssim", "nrmse", "seconds")
                                                  for s in ("", "_std")]
+    if any("cr_hot" in e for e in summary):
+        fields += list(CR_FIELDS)
     with atomic_path(csv_path) as tmp:
         tmp.write_text(_csv_text(summary, fields))
     return md, csv_path

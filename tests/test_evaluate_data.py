@@ -1,0 +1,253 @@
+"""Honest baselines in `pettk evaluate`: lesion contrast recovery, `--data DIR`, tuning on the
+validation split of the evaluated data (never its test split)."""
+
+import json
+import math
+import re
+import shutil
+
+import numpy as np
+import pytest
+
+from pettk.cli import main
+from pettk.evaluation import VALIDATION_SEED, EvalData, evaluate
+from pettk.metrics import lesion_contrast_recovery, lesion_rois
+from pettk.sim.datasets import FIELDS, DatasetConfig, build_dataset
+
+# -- contrast recovery -------------------------------------------------------------------------
+
+
+def _masks():
+    lesion = np.zeros((10, 10), dtype=bool)
+    lesion[4:6, 4:6] = True  # 4 pixels
+    background = np.zeros_like(lesion)
+    background[0:2, :] = True  # 20 pixels
+    return lesion, background
+
+
+def test_lesion_contrast_recovery_by_hand():
+    lesion, background = _masks()
+    truth = np.full((10, 10), 2.0)
+    truth[lesion] = 6.0  # true ratio 3: true contrast 2
+    assert lesion_contrast_recovery(truth, truth, lesion, background) == pytest.approx(1.0)
+    image = np.full((10, 10), 2.0)
+    image[0, :] = 3.0  # background mean (10 * 3 + 10 * 2) / 20 = 2.5
+    image[lesion] = 5.0  # image ratio 2: (2 - 1) / (3 - 1)
+    assert lesion_contrast_recovery(image, truth, lesion, background) == pytest.approx(0.5)
+    image[lesion] = 2.5  # no contrast at all
+    assert lesion_contrast_recovery(image, truth, lesion, background) == pytest.approx(0.0)
+    # cold: true ratio 0.25 (contrast -0.75); image ratio 1.25 / 2.5 = 0.5: (0.5 - 1) / (0.25 - 1) = 2/3
+    cold_truth = truth.copy()
+    cold_truth[lesion] = 0.5
+    image[lesion] = 1.25
+    assert lesion_contrast_recovery(image, cold_truth, lesion, background) == pytest.approx(2.0 / 3.0)
+    assert lesion_contrast_recovery(cold_truth, cold_truth, lesion, background) == pytest.approx(1.0)
+    # the true contrast is measured on the truth's own masks: a partial-volume edge in the lesion
+    # (true mean (3 * 6 + 4) / 4 = 5.5, ratio 2.75) and an image that matches it score 1
+    pv_truth = truth.copy()
+    pv_truth[4, 4] = 4.0
+    assert lesion_contrast_recovery(pv_truth * 7.0, pv_truth, lesion, background) == pytest.approx(1.0)
+
+
+def test_lesion_contrast_recovery_errors():
+    lesion, background = _masks()
+    truth = np.full((10, 10), 2.0)
+    truth[lesion] = 6.0
+    with pytest.raises(ValueError, match="lesion_mask is empty"):
+        lesion_contrast_recovery(truth, truth, np.zeros_like(lesion), background)
+    with pytest.raises(ValueError, match="background_mask is empty"):
+        lesion_contrast_recovery(truth, truth, lesion, np.zeros_like(lesion))
+    with pytest.raises(ValueError, match="must not overlap"):
+        lesion_contrast_recovery(truth, truth, lesion, lesion | background)
+    with pytest.raises(ValueError, match="true contrast is 0"):
+        lesion_contrast_recovery(truth, np.full((10, 10), 2.0), lesion, background)
+    with pytest.raises(ValueError, match="true background mean must be > 0"):
+        lesion_contrast_recovery(truth, np.where(lesion, 1.0, 0.0), lesion, background)
+    with pytest.raises(ValueError, match="image's background mean must be > 0"):
+        lesion_contrast_recovery(np.zeros((10, 10)), truth, lesion, background)
+    with pytest.raises(ValueError, match="same shape"):
+        lesion_contrast_recovery(truth[:5], truth, lesion, background)
+    with pytest.raises(TypeError, match="boolean mask"):
+        lesion_contrast_recovery(truth, truth, lesion.astype(float), background)
+
+
+# -- lesion and background regions ------------------------------------------------------------
+
+
+def _shell(centre, shape, inner=1.5, outer=3.5):
+    """Pixels whose distance to one pixel ``centre`` is in (inner, outer], by enumeration."""
+    out = np.zeros(shape, dtype=bool)
+    for i in range(shape[0]):
+        for j in range(shape[1]):
+            d = math.hypot(i - centre[0], j - centre[1])
+            out[i, j] = inner < d <= outer
+    return out
+
+
+def test_background_shell_on_a_synthetic_slice():
+    shape = (21, 21)
+    lesions = np.zeros(shape, dtype=np.float32)
+    lesions[10, 10] = 1  # one-pixel lesions (min_pixels=1 below)
+    lesions[10, 15] = 2
+    truth = np.ones(shape)
+    truth[10, 10] = 3.0  # hot
+    truth[10, 15] = 0.2  # cold
+    labels = np.full(shape, 7.0)  # grey matter
+    labels[:, :8] = 5.0  # CSF on the left
+
+    # one lesion alone, all parenchyma: the ring 1.5 < d <= 3.5 pixels (squared distances 4, 5, 8, 9, 10)
+    (alone,) = lesion_rois(np.where(lesions == 1, 1, 0), truth, np.full(shape, 7.0), min_pixels=1)
+    assert alone.background_pixels == 4 + 8 + 4 + 4 + 8
+    assert np.array_equal(alone.background, _shell((10, 10), shape))
+
+    first, second = lesion_rois(lesions, truth, labels, min_pixels=1)
+    near_second = _shell((10, 15), shape, inner=-1, outer=1.5)  # lesion 2 and its 8 neighbours
+    expected = _shell((10, 10), shape) & ~near_second & (labels == 7)
+    assert np.array_equal(first.background, expected) and first.background_pixels < 28
+    assert (first.lesion, first.kind, first.pixels, first.skipped) == (1, "hot", 1, "")
+    assert first.true_contrast == pytest.approx(3.0)
+    assert (second.lesion, second.kind) == (2, "cold") and second.true_contrast == pytest.approx(0.2)
+    assert first.recovery(truth, truth) == pytest.approx(1.0)
+
+    # without labels: pixels with at least 10 % of the maximum true activity outside the lesions
+    truth_csf = np.where(labels == 7, truth, 0.0)
+    first_t, _ = lesion_rois(lesions, truth_csf, None, min_pixels=1)
+    assert np.array_equal(first_t.background, expected)
+
+    # lesions under min_pixels, or with a true contrast too close to 1, are listed but skipped
+    default = lesion_rois(lesions, truth, labels)
+    assert [r.skipped for r in default] == ["fewer than 2 pixels"] * 2 and all(r.kind == "" for r in default)
+    assert math.isnan(default[0].recovery(truth, truth))
+    faint = truth.copy()
+    faint[10, 10] = 1.05
+    assert lesion_rois(lesions, faint, labels, min_pixels=1)[0].skipped == "true contrast within 0.1 of 1"
+    with pytest.raises(ValueError, match="non-negative integer"):
+        lesion_rois(lesions + 0.5, truth)
+
+
+# -- pettk evaluate --data DIR --tune ---------------------------------------------------------
+
+TINY_TUNING = ["--tune-osem-iterations", "1", "3", "--tune-filter-mm", "0", "6", "--tune-beta", "0.3", "3",
+               "--tune-gamma", "2", "--tune-extend", "0", "--bsrem-max-epochs", "30"]
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory):
+    """3 subjects (train, validation, test) × 2 slices, 32 × 32, DRF 20; the test subject has a hot
+    and a cold lesion of 2+ pixels in each slice."""
+    root = tmp_path_factory.mktemp("tiny") / "data"
+    build_dataset(root, DatasetConfig(n_subjects=3, slices_per_subject=2, image_size=32, geometry="parallel",
+                                      drfs=(20.0,), split=(1, 1, 1), lesions=2, seed=1, slice_range_mm=20.0),
+                  progress=False)
+    return root
+
+
+def _evaluate(data, out, *extra):
+    return main(["evaluate", "--data", str(data), "-o", str(out), "--methods", "osem", "bsrem-rdp", "--no-progress",
+                 *extra])
+
+
+def _table_rows(md: str) -> dict:
+    rows = {}
+    for line in md.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("| ") and cells[0] in ("OSEM + filter", "BSREM-RDP"):
+            rows[cells[0]] = cells
+    return rows
+
+
+def test_evaluate_data_tunes_on_the_validation_split_only(tiny_data, tmp_path, capsys):
+    out = tmp_path / "ev"
+    assert _evaluate(tiny_data, out, "--tune", *TINY_TUNING) == 0
+    assert {"metrics.md", "metrics.csv", "slices.csv", "lesions.csv", "tuning.json", "figure.png",
+            "nifti"} == {p.name for p in out.iterdir()}
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    validation = {s["name"] for s in manifest["subjects"] if s["split"] == "validation"}
+    tuning = json.loads((out / "tuning.json").read_text())
+    assert {s["subject"] for s in tuning["slices"]["20"]} == validation and len(tuning["slices"]["20"]) == 2
+    chosen = tuning["drfs"]["20"]["settings"]
+    assert chosen["osem_iterations"] in (1, 3) and chosen["post_filter_mm"] in (0.0, 6.0)
+    assert chosen["bsrem_beta"] in (0.3, 3.0) and chosen["rdp_gamma"] == 2.0 and chosen["bsrem_iterations"] == 30
+    assert len(tuning["drfs"]["20"]["osem"]["scores"]) == 4 and len(tuning["drfs"]["20"]["bsrem-rdp"]["scores"]) == 2
+
+    md = (out / "metrics.md").read_text()
+    assert "tuned on 2 validation slices (the validation split of" in md
+    assert (f"OSEM {chosen['osem_iterations']} iterations × 8 subsets, {chosen['post_filter_mm']:g} mm post-filter; "
+            f"BSREM-RDP β {chosen['bsrem_beta']:g}, γ 2") in md
+    assert "| CR hot | CR cold |" in md
+    rows = _table_rows(md)
+    assert set(rows) == {"OSEM + filter", "BSREM-RDP"}
+    for cells in rows.values():
+        assert cells[3] == "2"  # both test slices
+        for cell in cells[7:9]:  # CR hot, CR cold: "mean ± std (n)"
+            mean, std, n = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+) \((\d+)\)", cell).groups()
+            assert math.isfinite(float(mean)) and int(n) == 2
+    lesions = (out / "lesions.csv").read_text().splitlines()
+    assert lesions[0].startswith("method,drf,tracer,subject,slice,lesion,kind")
+    assert all(",subject_002," in line for line in lesions[1:])  # the test subject only
+    assert "tuning.json" in capsys.readouterr().out
+
+    # another test split (other counts, other truth) leaves the tuning exactly as it was
+    changed = tmp_path / "changed"
+    shutil.copytree(tiny_data, changed)
+    test_dir = changed / "subject_002"
+    for name, factor in (("low_drf20", 2.0), ("truth", 0.5)):
+        arr = np.load(test_dir / f"{name}.npy")
+        np.save(test_dir / f"{name}.npy", (arr * factor).astype(np.float32))
+    out2 = tmp_path / "ev2"
+    assert _evaluate(changed, out2, *TINY_TUNING) == 0  # --tune is the default with a validation split
+    assert json.loads((out2 / "tuning.json").read_text())["drfs"] == tuning["drfs"]
+    assert (out2 / "slices.csv").read_text() != (out / "slices.csv").read_text()
+
+
+def test_evaluate_data_errors_come_before_any_work(tiny_data, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(SystemExit, match=r"^pettk evaluate: DRF 7 not in the data set at .*; it has DRF 20$"):
+        _evaluate(tiny_data, out, "--drf", "7")
+    with pytest.raises(SystemExit, match="pettk evaluate: no pettk data set at .*missing manifest.json"):
+        _evaluate(tmp_path / "nothing", out)
+    with pytest.raises(SystemExit, match="drop --seed"):
+        _evaluate(tiny_data, out, "--seed", "3")
+    # a data set without validation subjects (only its manifest: nothing else may be read)
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    manifest = json.loads((tiny_data / "manifest.json").read_text())
+    for s in manifest["subjects"]:
+        s["split"] = "train" if s["split"] == "validation" else s["split"]
+    (bare / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(SystemExit, match="pettk evaluate: the data set at .* has no validation split"):
+        _evaluate(bare, out, "--tune")
+    with pytest.raises(ValueError, match="not both"):
+        evaluate(out, ("osem",), EvalData(), data_dir=tiny_data)
+    with pytest.raises(ValueError, match="overlap the validation seeds"):
+        evaluate(out, ("osem",), EvalData(seed=VALIDATION_SEED))
+    assert not out.exists()
+
+
+def test_old_data_set_without_validation_or_lesion_maps(tiny_data, tmp_path):
+    """Without a validation split --tune defaults to off (the TUNED constants); a data set without
+    lesion maps (manifest version 1) reports CR as n/a with a note."""
+    old = tmp_path / "old"
+    shutil.copytree(tiny_data, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    manifest.update(version=1, fields=list(FIELDS))
+    for s in manifest["subjects"]:
+        s["split"] = "train" if s["split"] == "validation" else s["split"]
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "ev"
+    assert main(["evaluate", "--data", str(old), "-o", str(out), "--methods", "osem", "--slices", "1",
+                 "--no-progress"]) == 0
+    assert not (out / "tuning.json").exists() and not (out / "lesions.csv").exists()
+    md = (out / "metrics.md").read_text()
+    assert "the fixed constants pettk.evaluation.TUNED" in md and "stores no lesion maps" in md
+    assert "| OSEM + filter | 20 | fdg | 1 | " in md and "| n/a | n/a |" in md
+
+
+def test_evaluate_tunes_simulated_heldout_data_on_validation_subjects(tmp_path):
+    data = EvalData(n_subjects=1, slices_per_subject=1, image_size=32, counts_per_slice=2e5)
+    summary = evaluate(tmp_path / "ev", ("osem",), data, tune_slices=2, write_nifti=False, progress=False,
+                       tune_grid={"osem_iterations": (1, 2), "post_filter_mm": (0.0, 6.0)})
+    tuning = json.loads((tmp_path / "ev" / "tuning.json").read_text())
+    assert f"seeds {VALIDATION_SEED}..{VALIDATION_SEED + 1}" in tuning["source"]
+    assert len(tuning["slices"]["20"]) == 2 and len(tuning["drfs"]["20"]["osem"]["scores"]) == 4
+    assert summary[0]["method"] == "osem" and "cr_hot" in summary[0]
