@@ -15,6 +15,7 @@
 ``pettk simulate OUT_DIR [--subjects N --slices S --size PX --anatomy v2 --drf D ...]``
     Build a paired low-/full-dose 2D-slice data set of simulated brains (resumable; default: the
     shipped models' training set, 240 v2 subjects x 20 slices, 128 x 128 on the mmr-like geometry).
+    ``--tissue-maps DIR`` uses the users' own anatomy (one sub-folder of NIfTI tissue maps per subject).
 ``pettk train diffusion --output DIR [--preset tiny|full] [--config FILE.json|.yaml] [--data DIR]``
     Train an image diffusion model on a data set (resumable with ``--resume``).
 ``pettk train red|dream|ddip|legopet --data DIR --output DIR [--preset tiny|gpu|full] [--config FILE.json]``
@@ -250,21 +251,49 @@ def _simulate(args: argparse.Namespace) -> int:
 
     from .sim.datasets import DatasetConfig, build_dataset
 
-    config = DatasetConfig(n_subjects=args.subjects, slices_per_subject=args.slices, image_size=args.size,
-                           geometry=args.geometry, anatomy=args.anatomy, drfs=tuple(args.drf),
-                           counts_per_slice=args.counts, tracer=args.tracer, lesions=args.lesions,
-                           slice_range_mm=args.slice_range_mm, seed=args.seed,
-                           split=(None, args.validation, args.test))
+    anatomy, n_subjects = args.anatomy or "v2", args.subjects
     try:
+        if args.tissue_maps is not None:
+            anatomy, n_subjects = "tissue-maps", _check_tissue_maps_dir(args)
+        config = DatasetConfig(n_subjects=n_subjects or 240, slices_per_subject=args.slices, image_size=args.size,
+                               geometry=args.geometry, anatomy=anatomy, drfs=tuple(args.drf),
+                               counts_per_slice=args.counts, tracer=args.tracer, lesions=args.lesions,
+                               slice_range_mm=args.slice_range_mm, seed=args.seed,
+                               split=(None, args.validation, args.test), tissue_maps=args.tissue_maps)
         config.validate()
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OSError) as err:
         raise SystemExit(f"pettk simulate: {err}") from None
     start = time.perf_counter()
-    manifest = build_dataset(args.output, config, progress=not args.no_progress)
+    try:
+        manifest = build_dataset(args.output, config, progress=not args.no_progress)
+    except ValueError as err:  # a subject's maps failed a check on their values (FileFormatError included)
+        if args.tissue_maps is None:
+            raise
+        raise SystemExit(f"pettk simulate: {err}") from None
     print(f"pettk simulate: {config.n_subjects} subjects x {args.slices} slices ({args.size}x{args.size}, "
           f"{config.anatomy} anatomy, DRF {', '.join(f'{d:g}' for d in args.drf)}) in "
           f"{time.perf_counter() - start:.1f} s -> {manifest}")
     return 0
+
+
+def _check_tissue_maps_dir(args: argparse.Namespace) -> int:
+    """Check ``--tissue-maps`` before any work: every subject folder's names, tables, shapes and
+    affines (not the voxel values: those are checked as each subject is read); returns the number of
+    subjects (``--subjects``, or every subject folder)."""
+    from .sim.tissue_maps import check_tissue_maps, list_subjects
+
+    if args.anatomy not in (None, "tissue-maps"):
+        raise ValueError(f"--anatomy {args.anatomy} and --tissue-maps exclude each other")
+    subjects = list_subjects(args.tissue_maps)
+    n = len(subjects) if args.subjects is None else args.subjects
+    if n > len(subjects):
+        raise ValueError(f"--subjects {n}: {args.tissue_maps} holds only {len(subjects)} subject folders")
+    if args.validation + args.test > n:
+        raise ValueError(f"--validation {args.validation} + --test {args.test} subjects do not fit the {n} subjects "
+                         f"of {args.tissue_maps}; lower --validation/--test")
+    for folder in subjects[:n]:
+        check_tissue_maps(folder)
+    return n
 
 
 def _read_config_file(path) -> dict:
@@ -464,13 +493,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     simp = sub.add_parser("simulate", help="build a paired low-/full-dose 2D-slice data set of simulated brains")
     simp.add_argument("output", help="data set folder (resumed if it exists with the same settings)")
-    simp.add_argument("--subjects", type=_positive_int, default=240,
-                      help="subjects (default 240: the shipped models' training set)")
+    simp.add_argument("--subjects", type=_positive_int, default=None,
+                      help="subjects (default 240: the shipped models' training set; with --tissue-maps: every "
+                           "subject folder)")
     simp.add_argument("--slices", type=_positive_int, default=20, help="axial slices per subject (default 20)")
     simp.add_argument("--size", type=_positive_int, default=128, help="image size in pixels (default 128: 2.09 mm)")
     simp.add_argument("--geometry", choices=("mmr-like", "parallel"), default="mmr-like")
-    simp.add_argument("--anatomy", choices=("v2", "v2-shifted", "v1"), default="v2",
+    simp.add_argument("--anatomy", choices=("v2", "v2-shifted", "v1"), default=None,
                       help="anatomy generator: v2 (default), v2-shifted (out-of-family test family) or v1")
+    simp.add_argument("--tissue-maps", metavar="DIR", default=None,
+                      help="the users' own anatomy: one sub-folder of NIfTI tissue maps per subject "
+                           "(docs/tissue_maps.md); subjects are the sub-folders in name order")
     simp.add_argument("--drf", type=float, nargs="+", default=[4.0, 20.0, 100.0], help="dose-reduction factors")
     simp.add_argument("--counts", type=float, default=5e5, help="full-dose counts per slice (default 5e5)")
     simp.add_argument("--tracer", choices=("fdg", "amyloid", "amyloid-positive", "amyloid-negative"), default="fdg",
