@@ -172,7 +172,8 @@ def test_evaluate_data_tunes_on_the_validation_split_only(tiny_data, tmp_path, c
 
     md = (out / "metrics.md").read_text()
     assert "tuned on 2 validation slices (the validation split of" in md
-    assert (f"OSEM {chosen['osem_iterations']} iterations × 8 subsets, {chosen['post_filter_mm']:g} mm post-filter; "
+    n = chosen["osem_iterations"]
+    assert (f"OSEM {n} iteration{'s' * (n != 1)} × 8 subsets, {chosen['post_filter_mm']:g} mm post-filter; "
             f"BSREM-RDP β {chosen['bsrem_beta']:g}, γ 2") in md
     assert "| CR hot | CR cold |" in md
     rows = _table_rows(md)

@@ -170,6 +170,10 @@ def _image(x) -> np.ndarray:
     return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
 
 
+def _n(count: int, word: str) -> str:
+    return f"{count} {word}{'s' * (count != 1)}"
+
+
 def _settings_text(per_drf: dict, methods, how: str) -> str:
     shown = [m for m in ("osem", "bsrem-rdp", "mlem") if m in methods]
     if not shown:
@@ -178,12 +182,12 @@ def _settings_text(per_drf: dict, methods, how: str) -> str:
     for drf, s in per_drf.items():
         items = []
         if "osem" in shown:
-            items.append(f"OSEM {s.osem_iterations} iterations × {s.osem_subsets} subsets, "
+            items.append(f"OSEM {_n(s.osem_iterations, 'iteration')} × {s.osem_subsets} subsets, "
                          f"{s.post_filter_mm:g} mm post-filter")
         if "bsrem-rdp" in shown:
             items.append(f"BSREM-RDP β {s.bsrem_beta:g}, γ {s.rdp_gamma:g} (MAP, at most {s.bsrem_iterations} epochs)")
         if "mlem" in shown:
-            items.append(f"MLEM {s.mlem_iterations} iterations")
+            items.append(f"MLEM {_n(s.mlem_iterations, 'iteration')}")
         parts.append(f"DRF {drf:g}: " + "; ".join(items))
     return f"Classical settings, {how}: " + ". ".join(parts) + ".\n\n"
 
@@ -423,7 +427,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         preamble = (f"Held-out subjects: {data.n_subjects} × {data.slices_per_subject} slices, tracer {data.tracer}, "
                     f"seeds from {data.seed}; metrics against the true activity (peak = slice maximum).\n\n")
     if tuning is not None:
-        how = (f"tuned on {len(next(iter(tuning['slices'].values())))} validation slices "
+        how = (f"tuned on {_n(len(next(iter(tuning['slices'].values()))), 'validation slice')} "
                f"({tuning['source']}) by best mean PSNR ({', '.join(tunable)}; every score in tuning.json)")
     elif tune:
         how = "nothing to tune among the methods evaluated"
