@@ -412,3 +412,14 @@ def test_shifted_family_draws_outside_the_standard_ranges():
     assert b.subject["gm_wm_ratio"] <= 2.5 < a.subject["gm_wm_ratio"] or a.subject["gm_wm_ratio"] >= 2.5
     with pytest.raises(ValueError, match="family must be one of"):
         brain_phantom_v2(grid, family="other")
+
+
+def test_mr_noise_differs_between_slabs_of_one_subject():
+    """Slices of a data set are one-slice slabs of one subject: their MR noise must not repeat."""
+    slabs = [pettk.ImageGrid((32, 32, 1), (6.0, 6.0, 2.0), origin_mm=(-93.0, -93.0, z)) for z in (0.0, 10.0)]
+    pa, pb = (brain_phantom_v2(g, seed=5, supersample=1) for g in slabs)
+    a, b = pa.mr[..., 0], pb.mr[..., 0]
+    outside = (pa.labels[..., 0] == 0) & (pb.labels[..., 0] == 0)     # background: noise only
+    assert outside.sum() > 100 and np.corrcoef(a[outside], b[outside])[0, 1] < 0.3
+    again = brain_phantom_v2(slabs[0], seed=5, supersample=1).mr[..., 0]
+    assert np.array_equal(a, again)

@@ -105,8 +105,14 @@ class MRModel:
         out[rows] *= 1.0 + 0.03 * self.texture(p[rows])
         return out
 
-    def add_noise(self, image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-        """Rician magnitude of ``image`` plus complex Gaussian noise (same shape, >= 0)."""
+    def add_noise(self, image: np.ndarray, seed: int, grid) -> np.ndarray:
+        """Rician magnitude of ``image`` plus complex Gaussian noise (same shape, >= 0).
+
+        The noise stream is seeded by ``seed`` *and* the grid's origin, so one-slice slabs of the
+        same subject at different positions get different noise (a volume stays reproducible).
+        """
+        origin = np.frombuffer(np.asarray(grid.origin_mm, dtype=np.float64).tobytes(), dtype=np.uint32)
+        rng = np.random.default_rng([int(seed), *(int(v) for v in origin)])
         re = image + self.noise_sd * rng.standard_normal(image.shape)
         im = self.noise_sd * rng.standard_normal(image.shape)
         return np.sqrt(re * re + im * im)

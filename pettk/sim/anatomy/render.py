@@ -254,7 +254,7 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     -----
     Labels depend on the position in mm and the seed; smooth fields are linearised across each
     voxel, so a grid's voxel centres (not its extent) fix the result: a one-slice slab reproduces
-    the matching slice of a volume (except the MR noise and the lesions, drawn per call).
+    the matching slice of a volume (except the MR noise, seeded per grid position, and the lesions, placed per call).
     """
     grid = _check_grid(grid)
     name = _tracer_name(tracer)
@@ -276,7 +276,8 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     n_mr_only = int(rng.integers(1, 4))
     mr_only_radii = rng.uniform(1.5, 4.0, n_mr_only)
     # independent streams: the number of lesions changes nothing else about the subject
-    lesion_rng, place_rng, noise_rng = (np.random.default_rng(v) for v in rng.integers(2 ** 63, size=3))
+    lesion_seed, place_seed, noise_seed = (int(v) for v in rng.integers(2 ** 63, size=3))
+    lesion_rng, place_rng = np.random.default_rng(lesion_seed), np.random.default_rng(place_seed)
     radii = lesion_rng.uniform(2.0, 10.0, n_lesions)
     n_hot = n_lesions // 2 + (int(lesion_rng.random() < 0.5) if n_lesions % 2 else 0)
     hot = lesion_rng.permutation(np.arange(n_lesions) < n_hot)
@@ -372,7 +373,7 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
         pet_only_frac[flat] = pet_only_s.mean(axis=1)
         mr_only_frac[flat] = mr_only_s.mean(axis=1)
         defect_low[flat] = (defect < 0.85) & (par.mean(axis=1) > 0.5)
-    mr_img = mr.add_noise(mr_img, noise_rng)
+    mr_img = mr.add_noise(mr_img, noise_seed, grid)
 
     shape = grid.shape
     subject = {"generator": GENERATOR, "version": VERSION, "family": family, "tracer": name, "supersample": s,

@@ -219,7 +219,8 @@ def from_tissue_maps(maps, grid: ImageGrid, seed=0, tracer: str = "fdg", lesions
     drawn = Pose.draw(rng)
     n_mr_only = int(rng.integers(1, 4))
     mr_only_radii = rng.uniform(1.5, 4.0, n_mr_only)
-    lesion_rng, place_rng, noise_rng = (np.random.default_rng(v) for v in rng.integers(2 ** 63, size=3))
+    lesion_seed, place_seed, noise_seed = (int(v) for v in rng.integers(2 ** 63, size=3))
+    lesion_rng, place_rng = np.random.default_rng(lesion_seed), np.random.default_rng(place_seed)
     radii = lesion_rng.uniform(2.0, 10.0, n_lesions)
     n_hot = n_lesions // 2 + (int(lesion_rng.random() < 0.5) if n_lesions % 2 else 0)
     hot = lesion_rng.permutation(np.arange(n_lesions) < n_hot)
@@ -322,7 +323,7 @@ def from_tissue_maps(maps, grid: ImageGrid, seed=0, tracer: str = "fdg", lesions
         lab[per_label.sum(axis=1) < 0.5] = 0
         labels[flat] = lab
         pet_only[flat] = (pet_only_v >= 0.5) | ((defect < 0.85) & (par_v > 0.5))
-    mr_img = mr.add_noise(mr_img, noise_rng)
+    mr_img = mr.add_noise(mr_img, noise_seed, grid)
 
     tracer_dict = act.as_dict()
     tracer_dict.pop("region_factor")
