@@ -180,9 +180,13 @@ def test_evaluate_data_tunes_on_the_validation_split_only(tiny_data, tmp_path, c
     assert set(rows) == {"OSEM + filter", "BSREM-RDP"}
     for cells in rows.values():
         assert cells[3] == "2"  # both test slices
-        for cell in cells[7:9]:  # CR hot, CR cold: "mean ± std (n)"
-            mean, std, n = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+) \((\d+)\)", cell).groups()
-            assert math.isfinite(float(mean)) and int(n) == 2
+        scored = 0
+        for cell in cells[7:9]:  # CR hot, CR cold: "mean ± std (n)" (with seed 1: a hot and a cold lesion per slice)
+            if cell != "n/a":
+                mean, std, n = re.fullmatch(r"(-?[\d.]+) ± ([\d.]+) \((\d+)\)", cell).groups()
+                assert math.isfinite(float(mean)) and math.isfinite(float(std)) and int(n) >= 1
+                scored += int(n)
+        assert scored >= 2
     lesions = (out / "lesions.csv").read_text().splitlines()
     assert lesions[0].startswith("method,drf,tracer,subject,slice,lesion,kind")
     assert all(",subject_002," in line for line in lesions[1:])  # the test subject only
