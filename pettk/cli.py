@@ -207,12 +207,19 @@ def _recon(args: argparse.Namespace) -> int:
     from .io import load_nifti, load_sinogram, save_nifti
     from .physics import ForwardModel
     from .projector import Projector
+    from .psf import GaussianPSF
 
     output = str(args.output)
     if not (output.endswith(".nii") or output.endswith(".nii.gz")):
         raise SystemExit(f"pettk recon: --output must end in .nii or .nii.gz, got {output!r}")
+    _check_output_file(output)
+    _check_numbers(args)
     data = load_sinogram(args.sinogram)
     grid = data.grid
+    # build the filters now: a bad FWHM fails here, not after the reconstruction
+    psf = GaussianPSF(grid, args.psf_mm) if args.psf_mm else None
+    if args.post_filter_mm:
+        GaussianPSF(grid, args.post_filter_mm)
     mu = data.mu
     if args.mu is not None:
         mu, mu_grid = load_nifti(args.mu, ndim=grid.ndim)
@@ -225,7 +232,7 @@ def _recon(args: argparse.Namespace) -> int:
         image = recon.fbp(prompts, data.geometry, grid, window=args.window)
     else:
         projector = Projector(grid, data.geometry, tof=data.tof)
-        model = ForwardModel(projector, psf=args.psf_mm or None, normalisation=data.normalisation,
+        model = ForwardModel(projector, psf=psf, normalisation=data.normalisation,
                              attenuation=data.attenuation, mu=None if data.attenuation is not None else mu,
                              additive=data.additive)
         progress = not args.no_progress
@@ -244,6 +251,32 @@ def _recon(args: argparse.Namespace) -> int:
     save_nifti(output, np.asarray(image, dtype=np.float32), grid)
     print(f"pettk recon: {args.algorithm} -> {output} (shape {tuple(grid.shape)}, voxel {grid.voxel_size_mm} mm)")
     return 0
+
+
+def _check_output_file(output: str) -> None:
+    """Refuse an output path that cannot be written, before any work."""
+    path = Path(output)
+    if path.is_dir():
+        raise SystemExit(f"pettk: --output {output} is a folder; give a file name")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SystemExit(f"pettk: --output {output} lies inside {parent}, which is a file, not a folder")
+            break
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Finite, in-range numeric options of ``pettk recon``, before any work."""
+    from ._validation import as_nonnegative_float, as_positive_float
+
+    try:
+        for name in ("psf_mm", "post_filter_mm"):
+            as_nonnegative_float(f"--{name.replace('_', '-')}", getattr(args, name))
+        for name in ("beta", "gamma", "epsilon"):
+            value = getattr(args, name)
+            (as_nonnegative_float if name == "beta" else as_positive_float)(f"--{name}", value)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"pettk recon: {err}") from None
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -297,17 +330,32 @@ def _check_tissue_maps_dir(args: argparse.Namespace) -> int:
 
 
 def _read_config_file(path) -> dict:
+    """The JSON (or YAML) object in ``path``; one clean ``pettk train: ...`` line for a bad file."""
     import json
 
-    text = Path(path).read_text()
+    try:
+        text = Path(path).read_text()
+    except OSError as err:
+        raise SystemExit(f"pettk train: cannot read --config {path}: {err.strerror or err}") from None
     if str(path).endswith((".yaml", ".yml")):
         try:
             import yaml
         except ImportError:
             raise SystemExit("pettk train: YAML configurations need PyYAML (pip install pyyaml); "
                              "or write the configuration as JSON") from None
-        return yaml.safe_load(text) or {}
-    return json.loads(text)
+        try:
+            value = yaml.safe_load(text) or {}
+        except yaml.YAMLError as err:
+            raise SystemExit(f"pettk train: --config {path} is not valid YAML: {err}") from None
+    else:
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SystemExit(f"pettk train: --config {path} is not valid JSON: {err}") from None
+    if not isinstance(value, dict):
+        raise SystemExit(f"pettk train: --config {path} must hold a JSON object of settings, got a "
+                         f"{type(value).__name__}")
+    return value
 
 
 def _train_device(args: argparse.Namespace):
@@ -572,13 +620,26 @@ def _positive_int(text: str) -> int:
     return value
 
 
+#: Errors that describe bad input or a bad file: shown as one ``pettk COMMAND: ...`` line (set
+#: ``PETTK_DEBUG=1`` for the traceback). Anything else is a bug and keeps its traceback.
+USER_ERRORS = (ValueError, TypeError, FileNotFoundError, IsADirectoryError, NotADirectoryError, PermissionError,
+               FileExistsError)
+
+
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return 2
-    return args.func(args)
+    try:
+        return args.func(args)
+    except USER_ERRORS as err:
+        if os.environ.get("PETTK_DEBUG"):
+            raise
+        raise SystemExit(f"pettk {args.command}: {err}") from None
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """The pettk command line."""
 
+import re
 import shutil
 import subprocess
 import sys
@@ -70,6 +71,75 @@ def test_recon_command_writes_nifti(tmp_path, algorithm):
 def test_recon_command_rejects_bad_output(tmp_path):
     with pytest.raises(SystemExit, match="--output must end in .nii or .nii.gz"):
         main(["recon", "s.npz", "-o", str(tmp_path / "x.png")])
+
+
+def _tiny_sinogram(path, **extra):
+    import numpy as np
+
+    from pettk.io import save_sinogram
+
+    grid = pettk.ImageGrid((16, 16), 4.0)
+    geo = pettk.ParallelBeam2D(20, 23, 3.0)
+    y = np.random.default_rng(0).poisson(np.full(geo.shape, 5.0)).astype(np.float32)
+    save_sinogram(path, y, geo, grid, **extra)
+    return path
+
+
+@pytest.mark.parametrize("args, words", [
+    (["--post-filter-mm", "1e300"], "far larger than the image"),
+    (["--post-filter-mm", "nan"], "--post-filter-mm must be"),
+    (["--psf-mm", "nan"], "--psf-mm must be"),
+    (["--beta", "-1"], "--beta must be"),
+    (["--gamma", "inf"], "--gamma must be"),
+])
+def test_recon_checks_numbers_before_work(tmp_path, args, words, monkeypatch):
+    """Issue 31 item 5: bad numbers fail as one clean line before any reconstruction."""
+    import pettk.recon
+
+    sino = _tiny_sinogram(tmp_path / "s.npz")
+    monkeypatch.setattr(pettk.recon, "osem", lambda *a, **k: pytest.fail("reconstruction ran before the check"))
+    with pytest.raises(SystemExit, match=r"^pettk recon: .*" + re.escape(words)):
+        main(["recon", str(sino), "-o", str(tmp_path / "x.nii.gz"), "--no-progress", *args])
+
+
+def test_recon_errors_are_one_clean_line(tmp_path, monkeypatch):
+    import numpy as np
+
+    import pettk.recon
+
+    monkeypatch.setattr(pettk.recon, "osem", lambda *a, **k: pytest.fail("reconstruction ran before the check"))
+    sino = _tiny_sinogram(tmp_path / "s.npz")
+    blocker = tmp_path / "file.nii"
+    blocker.write_text("not a folder")
+    with pytest.raises(SystemExit, match="lies inside .*file.nii, which is a file"):
+        main(["recon", str(sino), "-o", str(blocker / "out.nii.gz")])
+    folder = tmp_path / "d.nii"
+    folder.mkdir()
+    with pytest.raises(SystemExit, match="is a folder; give a file name"):
+        main(["recon", str(sino), "-o", str(folder)])
+    with pytest.raises(SystemExit, match=r"^pettk recon: .*missing\.npz"):
+        main(["recon", str(tmp_path / "missing.npz"), "-o", str(tmp_path / "x.nii.gz")])
+    pickled = tmp_path / "pickled.npz"
+    np.savez(pickled, prompts=np.array([{"a": 1}], dtype=object))
+    with pytest.raises(SystemExit, match=r"^pettk recon: "):
+        main(["recon", str(pickled), "-o", str(tmp_path / "x.nii.gz")])
+    mu = tmp_path / "mu.nii.gz"
+    from pettk.io import save_nifti
+
+    save_nifti(mu, np.zeros((8, 8), np.float32), pettk.ImageGrid((8, 8), 4.0))
+    with pytest.raises(SystemExit, match=r"^pettk recon: .*mu-map"):
+        main(["recon", str(sino), "-o", str(tmp_path / "x.nii.gz"), "--mu", str(mu)])
+
+
+def test_train_config_must_be_an_object(tmp_path):
+    bad = tmp_path / "list.json"
+    bad.write_text("[1, 2]")
+    with pytest.raises(SystemExit, match=r"^pettk train: .*--config .* must hold a JSON object"):
+        main(["train", "diffusion", "--config", str(bad), "-o", str(tmp_path / "out")])
+    broken = tmp_path / "broken.json"
+    broken.write_text("{")
+    with pytest.raises(SystemExit, match=r"^pettk train: .*broken.json"):
+        main(["train", "diffusion", "--config", str(broken), "-o", str(tmp_path / "out")])
 
 
 def test_simulate_then_train_diffusion(tmp_path):
