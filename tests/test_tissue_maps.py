@@ -6,6 +6,7 @@ affine (x flipped), unequal voxel sizes and an offset, or an oblique one. Checks
 measured on the rendered images against the analytic geometry and the drawn tables.
 """
 
+import csv
 import json
 from pathlib import Path
 
@@ -436,3 +437,21 @@ def test_pettk_simulate_refuses_bad_tissue_maps_before_any_work(root, tmp_path, 
         assert message.startswith("pettk simulate: ") and "\n" not in message
         assert all(w in message for w in words), message
         assert not out.exists()
+
+
+def test_tissue_map_data_set_evaluated_with_tuning(root, tmp_path):
+    """Issue 21: `pettk simulate OUT --tissue-maps DIR` then `pettk evaluate --data OUT --tune`, end to end."""
+    out = tmp_path / "ds"
+    assert main(["simulate", str(out), "--tissue-maps", str(root), "--slices", "2", "--size", "32", "--geometry",
+                 "parallel", "--validation", "1", "--test", "1", "--drf", "20", "--lesions", "1",
+                 "--slice-range-mm", "20", "--no-progress"]) == 0
+    ev = tmp_path / "ev"
+    assert main(["evaluate", "--data", str(out), "-o", str(ev), "--methods", "osem", "bsrem-rdp", "--tune",
+                 "--tune-osem-iterations", "1", "3", "--tune-filter-mm", "0", "6", "--tune-beta", "0.3", "3",
+                 "--tune-gamma", "2", "--tune-extend", "0", "--bsrem-max-epochs", "20", "--no-progress"]) == 0
+    tuning = json.loads((ev / "tuning.json").read_text())
+    assert {s["subject"] for s in tuning["slices"]["20"]} == {"subject_000"}      # the validation subject
+    md = (ev / "metrics.md").read_text()
+    assert "OSEM + filter" in md and "BSREM-RDP" in md and "CR hot" in md
+    rows = list(csv.DictReader((ev / "slices.csv").open()))
+    assert {r["subject"] for r in rows} == {"subject_001"} and all(np.isfinite(float(r["psnr"])) for r in rows)
