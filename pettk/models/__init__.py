@@ -26,7 +26,8 @@ REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "leg
 
 #: Method → ``(module, class)`` whose ``load(path, device)`` reads its checkpoints.
 LOADERS = {"red": ("pettk.priors.red", "RED"), "dream": ("pettk.priors.dream", "DREAM"),
-           "ddip": ("pettk.priors.ddip", "DDIP"), "legopet": ("pettk.priors.legopet", "LegoPET")}
+           "ddip": ("pettk.priors.ddip", "DDIP"), "legopet": ("pettk.priors.legopet", "LegoPET"),
+           "pet-dds": ("pettk.priors.petdds", "PETDDS")}
 
 
 def path_of(name: str) -> Path:

@@ -16,6 +16,9 @@ One interface per kind (DESIGN.md):
     :class:`DDIPConfig`, :func:`train_ddip`.
   - :mod:`.legopet`: LegoPET, feature-guided sinogram-conditioned diffusion (Sun & Mawlawi):
     :class:`LegoPET`, :class:`LegoPETConfig`, :func:`train_legopet`.
+  - :mod:`.petdds`: PET-DDS, an image diffusion model (``pettk train diffusion``) as the prior of
+    an EM reconstruction by decomposed diffusion sampling (Singh et al. 2024): :class:`PETDDS`,
+    :class:`PETDDSConfig`.
 
 :mod:`.base` holds the interface and the reconstruction helpers shared by the restorers.
 """
@@ -24,6 +27,7 @@ from .base import RECON_METHODS, ImagePrior, SinogramRestorer, dataset_forward_m
 from .ddip import DDIP, DDIPConfig, train_ddip
 from .dream import DREAM, DREAMConfig, train_dream
 from .legopet import LegoPET, LegoPETConfig, train_legopet
+from .petdds import PETDDS, PETDDSConfig
 from .red import (
     RED,
     REDConfig,
@@ -42,5 +46,5 @@ __all__ = [
     "RECON_METHODS", "ImagePrior", "SinogramRestorer", "dataset_forward_model", "reconstruct", "RED", "REDConfig",
     "ResidualSchedule", "apply_net", "dcn_loss", "denormalise_red", "gaussian_ssim", "normalise_red", "red_sample",
     "ren_loss", "train_red", "DREAM", "DREAMConfig", "train_dream", "DDIP", "DDIPConfig", "train_ddip", "LegoPET",
-    "LegoPETConfig", "train_legopet",
+    "LegoPETConfig", "train_legopet", "PETDDS", "PETDDSConfig",
 ]
