@@ -41,7 +41,7 @@ from ._version import __version__
 
 DEMO_METHODS = ("osem", "bsrem-rdp", "red", "dream", "ddip", "legopet")
 #: pettk.evaluation.METHODS, spelled out so that building the parser imports no torch.
-EVALUATE_METHODS = ("osem", "bsrem-rdp", "mlem", "red", "dream", "ddip", "legopet")
+EVALUATE_METHODS = ("osem", "bsrem-rdp", "mlem", "red", "dream", "ddip", "legopet", "pet-dds")
 
 
 def _demo(args: argparse.Namespace) -> int:

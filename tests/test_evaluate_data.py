@@ -256,3 +256,9 @@ def test_evaluate_tunes_simulated_heldout_data_on_validation_subjects(tmp_path):
     assert f"seeds {VALIDATION_SEED}..{VALIDATION_SEED + 1}" in tuning["source"]
     assert len(tuning["slices"]["20"]) == 2 and len(tuning["drfs"]["20"]["osem"]["scores"]) == 4
     assert summary[0]["method"] == "osem" and "cr_hot" in summary[0]
+
+
+def test_pet_dds_needs_a_checkpoint(tmp_path):
+    with pytest.raises(SystemExit, match=r"^pettk evaluate: pet-dds has no shipped model yet; give .*--checkpoint"):
+        main(["evaluate", "-o", str(tmp_path / "ev"), "--methods", "pet-dds", "--no-tune", "--no-progress"])
+    assert not (tmp_path / "ev").exists()

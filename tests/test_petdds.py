@@ -35,7 +35,7 @@ def trained(tmp_path_factory):
     build_dataset(root / "data", DATA, progress=False)
     config = merge_config(TINY, {**MODEL, "data": {"root": str(root / "data"), "drf": DRF}})
     with torch.random.fork_rng():
-        torch.manual_seed(0)          # train_image_diffusion draws the initial weights from torch's global RNG
+        torch.manual_seed(0)          # other draws of the test stay off the global RNG
         train_image_diffusion(config, root / "model", progress=False)
     return root
 

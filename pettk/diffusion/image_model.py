@@ -136,7 +136,9 @@ def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool
                               augment=_augmentation(data.get("augment")), augment_domain="image",
                               seed=int(config["train"].get("seed", 0)))
         dataset = FieldDataset(slices, data.get("field", "truth"), data.get("cond_field"))
-    model = _unet_from(config)
+    with torch.random.fork_rng(devices=[]):  # reproducible initial weights, global RNG untouched
+        torch.manual_seed(int(config["train"].get("seed", 0)))
+        model = _unet_from(config)
     if device is not None:
         model = model.to(device)
     schedule = build_schedule(config["schedule"])

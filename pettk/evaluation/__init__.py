@@ -96,7 +96,7 @@ __all__ = ["evaluate", "tune_classical", "tune_on_cases", "load_method_model", "
 log = logging.getLogger(__name__)
 
 LABELS = {"osem": "OSEM + filter", "bsrem-rdp": "BSREM-RDP", "mlem": "MLEM", "red": "RED", "dream": "DREAM",
-          "ddip": "DDIP", "legopet": "LegoPET"}
+          "ddip": "DDIP", "legopet": "LegoPET", "pet-dds": "PET-DDS"}
 
 #: The methods whose settings ``tune`` chooses on validation data.
 TUNABLE = ("osem", "bsrem-rdp")
@@ -112,6 +112,9 @@ def load_method_model(method: str, source=None, device="cpu"):
 
     if method not in LEARNED:
         raise ValueError(f"method {method!r} takes no model; learned methods are {', '.join(LEARNED)}")
+    if source is None and method not in DEFAULT_MODELS:
+        raise ValueError(f"{method} has no shipped model yet; give its image diffusion model with --checkpoint "
+                         f"{method}=PATH (a `pettk train diffusion` model.safetensors)")
     source = source or DEFAULT_MODELS[method]
     if isinstance(source, str) and source in models.available():
         return models.load(source, device=device)
@@ -317,12 +320,11 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         per_drf = {d: dataclasses.replace(s, bsrem_iterations=bsrem_max_epochs) for d, s in per_drf.items()}
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
+    models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("tuning.json", "lesions.csv"):  # of an earlier run into the same folder
         (out_dir / stale).unlink(missing_ok=True)
-
-    models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
 
     with tempfile.TemporaryDirectory(prefix="pettk-eval-") as tmp:
         work = Path(cache_dir) if cache_dir else Path(tmp)

@@ -39,7 +39,7 @@ __all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNE
            "converged_bsrem"]
 
 CLASSICAL = ("osem", "bsrem-rdp", "mlem")
-LEARNED = ("red", "dream", "ddip", "legopet")
+LEARNED = ("red", "dream", "ddip", "legopet", "pet-dds")
 METHODS = CLASSICAL + LEARNED
 
 #: The shipped model each learned method uses unless a checkpoint is given.
@@ -230,5 +230,5 @@ def make_runner(method: str, model=None, settings: ClassicalSettings | None = No
     elif method in ("red", "dream"):
         fn = _restorer(model, method)
     else:
-        fn = _image_prior(model, use_mr=method == "ddip")
+        fn = _image_prior(model, use_mr=method in ("ddip", "pet-dds"))  # unconditional PET-DDS ignores mr
     return lambda case: fn(case, settings)

@@ -76,8 +76,9 @@ class TissueMaps:
     brain_box: np.ndarray
 
     def __repr__(self) -> str:
+        voxel = tuple(round(float(v), 4) for v in self.voxel_size_mm)
         return (f"TissueMaps(folder={str(self.folder) if self.folder else None!r}, form={self.form!r}, "
-                f"tissues={self.tissues}, shape={self.shape}, voxel_size_mm={tuple(round(float(v), 4) for v in self.voxel_size_mm)})")
+                f"tissues={self.tissues}, shape={self.shape}, voxel_size_mm={voxel})")
 
     @property
     def shape(self) -> tuple:
