@@ -97,14 +97,16 @@ def _evaluate(args: argparse.Namespace) -> int:
                    bsrem_max_epochs=args.bsrem_max_epochs)
     run = dict(checkpoints=checkpoints, device=args.device, progress=not args.no_progress, prog="pettk evaluate")
     if args.data:
-        given = [flag for flag, value in (("--tracer", args.tracer), ("--seed", args.seed)) if value is not None]
+        given = [flag for flag, value in (("--tracer", args.tracer), ("--seed", args.seed), ("--anatomy", args.anatomy))
+                 if value is not None]
         if given:
             raise SystemExit(f"pettk evaluate: --data evaluates a data set with its own subjects and tracer; "
                              f"drop {' and '.join(given)} (for simulated held-out subjects only)")
         return _run_evaluation(args.output, tuple(args.methods), None, data_dir=args.data, drfs=args.drf,
                                subjects=args.subjects, slices=args.slices, **run, **options)
     data = EvalData(n_subjects=args.subjects or 3, slices_per_subject=args.slices or 2,
-                    drfs=tuple(args.drf or [20.0]), tracer=args.tracer or "fdg", seed=HELD_OUT_SEED + (args.seed or 0))
+                    drfs=tuple(args.drf or [20.0]), tracer=args.tracer or "fdg", seed=HELD_OUT_SEED + (args.seed or 0),
+                    anatomy=args.anatomy or "v1")
     return _run_evaluation(args.output, tuple(args.methods), data, **run, **options)
 
 
@@ -517,6 +519,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated subjects' tracer (default fdg; amyloid: out of distribution for the FDG-trained "
                          "models)")
     ev.add_argument("--seed", type=int, help="offset of the simulated held-out subject seeds (default 0)")
+    ev.add_argument("--anatomy", choices=("v1", "v2", "v2-shifted"),
+                    help="simulated subjects' anatomy (default v1, the shipped models' training family; v2 and "
+                         "v2-shifted are out of family for them, v2-shifted also for models trained on v2)")
     ev.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
                     help="tune OSEM (iterations x post-filter) and BSREM-RDP (beta x gamma) by mean PSNR on the "
                          "validation split of the evaluated data (default: on when there is one; --no-tune: the "

@@ -234,6 +234,16 @@ def test_evaluate_writes_tables_figure_and_nifti(tmp_path, capsys):
     assert "OSEM + filter" in capsys.readouterr().out
 
 
+def test_evaluate_out_of_family_anatomy(tmp_path):
+    """Issue 21 item 6: the held-out mode with another anatomy family (v2-shifted)."""
+    out = tmp_path / "ev"
+    assert main(["evaluate", "-o", str(out), "--methods", "osem", "--subjects", "1", "--slices", "1",
+                 "--anatomy", "v2-shifted", "--no-tune", "--no-progress"]) == 0
+    assert "v2-shifted anatomy" in (out / "metrics.md").read_text()
+    with pytest.raises(SystemExit, match="drop --anatomy"):
+        main(["evaluate", "-o", str(tmp_path / "x"), "--data", str(tmp_path), "--anatomy", "v2"])
+
+
 def test_evaluate_rejects_bad_checkpoint_spec(tmp_path):
     with pytest.raises(SystemExit, match="METHOD=PATH"):
         main(["evaluate", "-o", str(tmp_path), "--methods", "osem", "--checkpoint", "red"])
