@@ -427,7 +427,8 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
                     f"{config['geometry']} geometry); metrics against the true activity (peak = slice maximum).\n\n")
     else:
         preamble = (f"Held-out subjects: {data.n_subjects} × {data.slices_per_subject} slices, {data.anatomy} "
-                    f"anatomy, tracer {data.tracer}, seeds from {data.seed}; metrics against the true activity (peak = slice maximum).\n\n")
+                    f"anatomy, tracer {data.tracer}, seeds from {data.seed}; metrics against the true activity "
+                    "(peak = slice maximum).\n\n")
     if tuning is not None:
         how = (f"tuned on {_n(len(next(iter(tuning['slices'].values()))), 'validation slice')} "
                f"({tuning['source']}) by best mean PSNR ({', '.join(tunable)}; every score in tuning.json)")
