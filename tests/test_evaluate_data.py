@@ -262,3 +262,19 @@ def test_pet_dds_needs_a_checkpoint(tmp_path):
     with pytest.raises(SystemExit, match=r"^pettk evaluate: pet-dds has no shipped model yet; give .*--checkpoint"):
         main(["evaluate", "-o", str(tmp_path / "ev"), "--methods", "pet-dds", "--no-tune", "--no-progress"])
     assert not (tmp_path / "ev").exists()
+
+
+def test_osem_tuning_grid_extends_past_a_winning_end():
+    from pettk.evaluation import _tune_osem
+
+    calls = []
+
+    def score(n, f):                       # best at 1 iteration and a 14 mm filter
+        calls.append((n, f))
+        return -abs(n - 1) - abs(f - 14.0)
+
+    scores = _tune_osem(score, (2, 4, 8), (0.0, 4.0, 8.0, 10.0), extend=3)
+    assert max(scores, key=scores.get) == (1, 14.0)
+    assert len(calls) == len(set(calls))   # no grid point is reconstructed twice
+    interior = _tune_osem(lambda n, f: -abs(n - 4) - abs(f - 4.0), (2, 4, 8), (0.0, 4.0, 8.0), extend=3)
+    assert len(interior) == 9              # an interior optimum leaves the grid as it is

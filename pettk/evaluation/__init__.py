@@ -494,6 +494,30 @@ def _tune_rdp(score, base: ClassicalSettings, betas, gammas, limit: int = 3):
     return per_gamma[best_gamma][0], best_gamma, per_gamma
 
 
+def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
+    """Mean PSNR of OSEM per ``(iterations, post-filter FWHM)``, on a grid extended past a winning
+    end, up to ``extend`` times: iterations halved (down to 1) or doubled, the filter widened by
+    the grid's last step (it cannot go below 0)."""
+    iterations, filters_mm = sorted(int(n) for n in iterations), sorted(float(f) for f in filters_mm)
+    scores = {(n, f): score(n, f) for n in iterations for f in filters_mm}
+    for _ in range(extend):
+        n, f = max(scores, key=scores.get)
+        grown = False
+        if n == iterations[0] and n > 1:
+            iterations.insert(0, n // 2)
+            grown = True
+        elif n == iterations[-1]:
+            iterations.append(2 * n)
+            grown = True
+        if f == filters_mm[-1] and f > 0:
+            filters_mm.append(f + (f - filters_mm[-2] if len(filters_mm) > 1 else f))
+            grown = True
+        if not grown:
+            break
+        scores.update({(n, f): score(n, f) for n in iterations for f in filters_mm if (n, f) not in scores})
+    return scores
+
+
 def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_iterations"],
                   post_filter_mm=TUNE_GRID["post_filter_mm"], bsrem_beta=TUNE_GRID["bsrem_beta"],
                   rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3,
@@ -502,7 +526,8 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     """Choose the classical settings per DRF by best mean PSNR over ``cases`` (validation data).
 
     ``cases`` is a sequence of ``(drf, Case)`` from any data source. OSEM (when ``"osem"`` is in
-    ``methods``): iterations × post-filter over the grids. BSREM-RDP (when ``"bsrem-rdp"`` is):
+    ``methods``): iterations × post-filter over the grids, extended past a winning end (fewer or
+    more iterations, a wider filter; up to ``extend`` times). BSREM-RDP (when ``"bsrem-rdp"`` is):
     the converged MAP image (:func:`~pettk.evaluation.methods.converged_bsrem`) over ``beta`` ×
     ``gamma``; when the best ``beta`` (or ``gamma``) lies at an end of its grid, the grid is
     extended past it (× sqrt(10) for beta, × 2.5 for gamma, up to ``extend`` times) so that the
@@ -539,8 +564,8 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
 
         out, rec = b, {}
         if "osem" in methods:
-            scores = {(n, f): score(dataclasses.replace(b, osem_iterations=n, post_filter_mm=f), "osem")
-                      for n in osem_iterations for f in post_filter_mm}
+            scores = _tune_osem(lambda n, f, b=b: score(dataclasses.replace(b, osem_iterations=n, post_filter_mm=f),
+                                                        "osem"), osem_iterations, post_filter_mm, extend)
             (n, f) = max(scores, key=scores.get)
             out = dataclasses.replace(out, osem_iterations=n, post_filter_mm=f)
             rec["osem"] = {"best": {"osem_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
