@@ -37,7 +37,8 @@ The operator
 pettk's Joseph method (:mod:`pettk.projector`) samples every voxel plane of the stepping axis and
 interpolates with zero outside the grid, so a LOR sees the image wherever the interpolant is
 non-zero: the box of the voxel centres dilated by one voxel (in index units, ``(-1, n)``).
-parallelproj 1.x clips each ray to that dilated box as well. **parallelproj 2.x clips each ray
+parallelproj 1.x is reported to clip each ray to that dilated box as well (only 2.x is built and
+tested in pettk's checks). **parallelproj 2.x clips each ray
 to the geometric box of the voxels** (the centres dilated by half a voxel, ``[-0.5, n - 0.5]``),
 so on its own it drops the samples of a ray that passes within half a voxel outside the grid's
 faces: up to ~9 % of a line integral that grazes a non-zero outermost voxel layer, and ~8 % of
@@ -45,7 +46,8 @@ the back projection into that layer. pettk therefore hands parallelproj the imag
 layer of zero voxels on each side of every axis (2D: of x and y; the origin moves back by one
 voxel) and crops the padded layer off the back projection. The padded grid's geometric box
 contains pettk's support, the extra samples read zeros, and the kernels compute exactly pettk's
-sum; with 1.x (dilated box) the padding changes nothing either. What remains:
+sum. The padding is applied with both generations: whichever of the two boxes a kernel clips
+to, it contains pettk's support. What remains:
 
 * parallelproj computes in float32 (float64 tensors are projected in float32 and returned as
   float64): agreement with ``"cpu"`` is to float32 rounding (~1e-6 of the maximum).
