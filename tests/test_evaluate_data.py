@@ -265,7 +265,7 @@ def test_pet_dds_needs_a_checkpoint(tmp_path):
 
 
 def test_osem_tuning_grid_extends_past_a_winning_end():
-    from pettk.evaluation import _tune_osem
+    from pettk.evaluation.tuning import _tune_osem
 
     calls = []
 

@@ -191,7 +191,7 @@ def test_bsrem_rdp_baseline_is_the_converged_map_image():
 
 
 def test_tuning_grid_extends_past_a_winning_end():
-    from pettk.evaluation import _best_on_grid
+    from pettk.evaluation.tuning import _best_on_grid
 
     calls = []
 

@@ -88,6 +88,7 @@ from .report import (
     write_rows_csv,
     write_summary,
 )
+from .tuning import TUNABLE, TUNE_GRID, _image, tune_on_cases
 
 __all__ = ["evaluate", "tune_classical", "tune_on_cases", "load_method_model", "EvalData", "ClassicalSettings", "Case",
            "METHODS", "CLASSICAL", "LEARNED", "TUNABLE", "TUNE_GRID", "DEFAULT_MODELS", "HELD_OUT_SEED",
@@ -97,14 +98,6 @@ log = logging.getLogger(__name__)
 
 LABELS = {"osem": "OSEM + filter", "bsrem-rdp": "BSREM-RDP", "mlem": "MLEM", "red": "RED", "dream": "DREAM",
           "ddip": "DDIP", "legopet": "LegoPET", "pet-dds": "PET-DDS"}
-
-#: The methods whose settings ``tune`` chooses on validation data.
-TUNABLE = ("osem", "bsrem-rdp")
-#: The default tuning grids (those of :func:`tune_classical`); ``extend``: how many times a grid
-#: is extended past a winning end (beta, gamma; 0 keeps the grids as given).
-TUNE_GRID = {"osem_iterations": (2, 4, 8), "post_filter_mm": (0.0, 4.0, 6.0, 8.0, 10.0),
-             "bsrem_beta": (0.03, 0.1, 0.3, 1.0, 3.0), "rdp_gamma": (0.5, 2.0, 5.0, 20.0), "extend": 3}
-
 
 def load_method_model(method: str, source=None, device="cpu"):
     """The model of a learned ``method``: a shipped name (default :data:`DEFAULT_MODELS`) or a checkpoint path."""
@@ -167,10 +160,6 @@ def _check_grid(tune_grid: dict | None) -> dict:
     if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
         raise ValueError(f"tune_grid['extend'] must be an integer >= 0, got {extend!r}")
     return grid
-
-
-def _image(x) -> np.ndarray:
-    return np.asarray(x.detach().cpu() if isinstance(x, torch.Tensor) else x, dtype=np.float32)
 
 
 def _n(count: int, word: str) -> str:
@@ -455,137 +444,6 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         for (method, drf, subject), stack in images.items():
             write_nifti_stack(out_dir / "nifti" / f"{method}_drf{drf:g}_{subject}.nii.gz", stack, grid_2d)
     return summary
-
-
-def _best_on_grid(score, grid: list, *, extend: float, limit: int = 3):
-    """The best value of ``score`` over ``grid`` (sorted, positive), extending the grid by the
-    factor ``extend`` past whichever end wins, up to ``limit`` times, so that the best value is
-    an interior point (or the search says where it stopped)."""
-    grid = sorted(float(v) for v in grid)
-    scores = {v: score(v) for v in grid}
-    for _ in range(limit):
-        best = max(scores, key=scores.get)
-        if best == grid[0]:
-            grid.insert(0, best / extend)
-            scores[grid[0]] = score(grid[0])
-        elif best == grid[-1]:
-            grid.append(best * extend)
-            scores[grid[-1]] = score(grid[-1])
-        else:
-            break
-    best = max(scores, key=scores.get)
-    return best, scores
-
-
-def _tune_rdp(score, base: ClassicalSettings, betas, gammas, limit: int = 3):
-    """Best ``(beta, gamma)`` of BSREM-RDP: the best beta per gamma, then the best gamma, each on
-    a grid extended past a winning end (:func:`_best_on_grid`, up to ``limit`` times). Also
-    returns, per gamma tried, its best beta and the scores of every beta."""
-    per_gamma = {}
-
-    def gamma_score(gamma):
-        per_gamma[gamma] = _best_on_grid(
-            lambda b: score(dataclasses.replace(base, bsrem_beta=b, rdp_gamma=gamma), "bsrem-rdp"), betas,
-            extend=10 ** 0.5, limit=limit)
-        best_beta, scores = per_gamma[gamma]
-        return scores[best_beta]
-
-    best_gamma, _ = _best_on_grid(gamma_score, gammas, extend=2.5, limit=limit)
-    return per_gamma[best_gamma][0], best_gamma, per_gamma
-
-
-def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
-    """Mean PSNR of OSEM per ``(iterations, post-filter FWHM)``, on a grid extended past a winning
-    end, up to ``extend`` times: iterations halved (down to 1) or doubled, the filter widened by
-    the grid's last step (it cannot go below 0)."""
-    iterations, filters_mm = sorted(int(n) for n in iterations), sorted(float(f) for f in filters_mm)
-    scores = {(n, f): score(n, f) for n in iterations for f in filters_mm}
-    for _ in range(extend):
-        n, f = max(scores, key=scores.get)
-        grown = False
-        if n == iterations[0] and n > 1:
-            iterations.insert(0, n // 2)
-            grown = True
-        elif n == iterations[-1]:
-            iterations.append(2 * n)
-            grown = True
-        if f == filters_mm[-1] and f > 0:
-            filters_mm.append(f + (f - filters_mm[-2] if len(filters_mm) > 1 else f))
-            grown = True
-        if not grown:
-            break
-        scores.update({(n, f): score(n, f) for n in iterations for f in filters_mm if (n, f) not in scores})
-    return scores
-
-
-def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_iterations"],
-                  post_filter_mm=TUNE_GRID["post_filter_mm"], bsrem_beta=TUNE_GRID["bsrem_beta"],
-                  rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3,
-                  base: ClassicalSettings | dict | None = None,
-                  progress: bool = False) -> tuple[dict[float, ClassicalSettings], dict[float, dict]]:
-    """Choose the classical settings per DRF by best mean PSNR over ``cases`` (validation data).
-
-    ``cases`` is a sequence of ``(drf, Case)`` from any data source. OSEM (when ``"osem"`` is in
-    ``methods``): iterations × post-filter over the grids, extended past a winning end (fewer or
-    more iterations, a wider filter; up to ``extend`` times). BSREM-RDP (when ``"bsrem-rdp"`` is):
-    the converged MAP image (:func:`~pettk.evaluation.methods.converged_bsrem`) over ``beta`` ×
-    ``gamma``; when the best ``beta`` (or ``gamma``) lies at an end of its grid, the grid is
-    extended past it (× sqrt(10) for beta, × 2.5 for gamma, up to ``extend`` times) so that the
-    choice is not an artefact of the grid. ``base`` (a :class:`ClassicalSettings` or one per
-    DRF; default :class:`ClassicalSettings`) gives every other setting.
-
-    Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
-    ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
-    """
-    by_drf: dict[float, list[Case]] = {}
-    for drf, case in cases:
-        by_drf.setdefault(float(drf), []).append(case)
-    if not by_drf:
-        raise ValueError("tuning needs at least one validation case")
-    unknown = [m for m in methods if m not in TUNABLE]
-    if unknown:
-        raise ValueError(f"only {', '.join(TUNABLE)} are tuned, got {unknown}")
-    if base is None or isinstance(base, ClassicalSettings):
-        bases = {d: (base or ClassicalSettings()).validate() for d in by_drf}
-    else:
-        bases = {d: base.get(d, ClassicalSettings()).validate() for d in by_drf}
-    chosen, record = {}, {}
-    bar = tqdm(desc="tune (reconstructions)", disable=not progress, leave=False)
-    for drf in sorted(by_drf):
-        mine, b = by_drf[drf], bases[drf]
-
-        def score(settings, method, mine=mine):
-            run = make_runner(method, settings=settings)
-            values = []
-            for c in mine:
-                values.append(psnr(_image(run(c)), c.truth.numpy()))
-                bar.update(1)
-            return float(np.mean(values))
-
-        out, rec = b, {}
-        if "osem" in methods:
-            scores = _tune_osem(lambda n, f, b=b: score(dataclasses.replace(b, osem_iterations=n, post_filter_mm=f),
-                                                        "osem"), osem_iterations, post_filter_mm, extend)
-            (n, f) = max(scores, key=scores.get)
-            out = dataclasses.replace(out, osem_iterations=n, post_filter_mm=f)
-            rec["osem"] = {"best": {"osem_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
-                           "scores": [{"osem_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
-                                      for k, v in scores.items()]}
-        if "bsrem-rdp" in methods:
-            best_beta, best_gamma, per_gamma = _tune_rdp(score, b, bsrem_beta, rdp_gamma, limit=extend)
-            out = dataclasses.replace(out, bsrem_beta=best_beta, rdp_gamma=best_gamma)
-            rec["bsrem-rdp"] = {"best": {"bsrem_beta": best_beta, "rdp_gamma": best_gamma,
-                                         "psnr": per_gamma[best_gamma][1][best_beta]},
-                                "scores": [{"rdp_gamma": g, "bsrem_beta": beta, "psnr": v}
-                                           for g, (_, sc) in sorted(per_gamma.items())
-                                           for beta, v in sorted(sc.items())]}
-            log.info("DRF %g: BSREM-RDP PSNR per gamma: %s", drf,
-                     {g: {beta: round(v, 3) for beta, v in sc.items()} for g, (_, sc) in per_gamma.items()})
-        chosen[drf] = out.validate()
-        record[drf] = rec
-        log.info("DRF %g: %s", drf, chosen[drf])
-    bar.close()
-    return chosen, record
 
 
 def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
