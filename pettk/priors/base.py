@@ -98,6 +98,53 @@ def check_low_dose_counts(y_low, drf, model_drf: float, sinogram_shape: tuple, m
     return y
 
 
+def check_prior_inputs(forward_model, y, images: dict, downsample_factor: int = 1):
+    """Shared input checks of the image priors' ``reconstruct`` (before any work).
+
+    ``forward_model`` a :class:`ForwardModel` with a 2D or 3D image whose in-plane size is
+    divisible by ``downsample_factor``; ``y`` real, finite, non-negative counts of
+    ``forward_model.shape_out``; ``images`` ``{name: array or None}`` real, finite, non-negative
+    images of ``forward_model.shape_in``. Returns ``(y, {name: tensor or None})`` as float32
+    tensors on ``y``'s device.
+    """
+    if not isinstance(forward_model, ForwardModel):
+        raise TypeError(f"forward_model must be a pettk ForwardModel, got {type(forward_model).__name__}")
+    shape_in = tuple(forward_model.shape_in)
+    if len(shape_in) not in (2, 3):
+        raise ValueError(f"forward_model.shape_in must be 2D (nx, ny) or 3D (nx, ny, nz), got {shape_in}")
+    f = int(downsample_factor)
+    if shape_in[0] % f or shape_in[1] % f:
+        raise ValueError(f"the image size {shape_in[:2]} must be divisible by {f} (the network's down-sampling factor)")
+    y_t = _real_tensor("y", y, tuple(forward_model.shape_out), "forward_model.shape_out", "counts")
+    if not bool(torch.isfinite(y_t).all()):
+        raise ValueError("y contains non-finite values (NaN or inf)")
+    if bool((y_t < 0).any()):
+        raise ValueError(f"y holds counts and must be >= 0; its minimum is {float(y_t.min()):g}")
+    out = {}
+    for name, value in images.items():
+        if value is None:
+            out[name] = None
+            continue
+        t = _real_tensor(name, value, shape_in, "forward_model.shape_in", "values").to(y_t.device)
+        if not bool(torch.isfinite(t).all()):
+            raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+        if bool((t < 0).any()):
+            raise ValueError(f"{name} must be >= 0; its minimum is {float(t.min()):g}")
+        out[name] = t
+    return y_t, out
+
+
+def _real_tensor(name: str, value, shape: tuple, shape_name: str, what: str) -> torch.Tensor:
+    if not isinstance(value, (np.ndarray, torch.Tensor)):
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+    t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value.detach()
+    if tuple(t.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape} ({shape_name}), got {tuple(t.shape)}")
+    if t.dtype == torch.bool or t.is_complex():
+        raise TypeError(f"{name} must hold real {what}, got dtype {t.dtype}")
+    return t.to(torch.float32)
+
+
 def _load_manifest(manifest) -> dict:
     if isinstance(manifest, dict):
         return manifest

@@ -66,7 +66,7 @@ from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..physics import ForwardModel
 from ..recon import mlem
 from ..recon._common import SENSITIVITY_FLOOR
-from .base import ImagePrior
+from .base import ImagePrior, check_prior_inputs
 
 __all__ = ["DDIPConfig", "DDIP", "train_ddip", "DDIPImages", "phantom_training_images", "slab_indices"]
 
@@ -596,49 +596,9 @@ class DDIP(ImagePrior):
 
     # -- input checks -------------------------------------------------------------------------------------
     def _check_inputs(self, forward_model, y, mr, init):
-        if not isinstance(forward_model, ForwardModel):
-            raise TypeError(f"forward_model must be a pettk ForwardModel, got {type(forward_model).__name__}")
+        y_t, images = check_prior_inputs(forward_model, y, {"mr": mr, "init": init}, self.net.downsample_factor)
+        mr_t, init_t = images["mr"], images["init"]
         shape_in = tuple(forward_model.shape_in)
-        if len(shape_in) not in (2, 3):
-            raise ValueError(f"forward_model.shape_in must be 2D (nx, ny) or 3D (nx, ny, nz), got {shape_in}")
-        f = self.net.downsample_factor
-        if shape_in[0] % f or shape_in[1] % f:
-            raise ValueError(f"the image size {shape_in[:2]} must be divisible by {f} (the network's "
-                             "down-sampling factor)")
-        if not isinstance(y, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
-        y_t = torch.from_numpy(np.ascontiguousarray(y)) if isinstance(y, np.ndarray) else y.detach()
-        if y_t.dtype == torch.bool or y_t.is_complex():
-            raise TypeError(f"y must hold real counts, got dtype {y_t.dtype}")
-        if tuple(y_t.shape) != tuple(forward_model.shape_out):
-            raise ValueError(f"y must have shape {tuple(forward_model.shape_out)} (forward_model.shape_out), "
-                             f"got {tuple(y_t.shape)}")
-        y_t = y_t.to(torch.float32)
-        if not bool(torch.isfinite(y_t).all()):
-            raise ValueError("y contains non-finite values (NaN or inf)")
-        if bool((y_t < 0).any()):
-            raise ValueError(f"y holds counts and must be >= 0; its minimum is {float(y_t.min()):g}")
-        device = y_t.device
-
-        def image(name, value):
-            if value is None:
-                return None
-            if not isinstance(value, (np.ndarray, torch.Tensor)):
-                raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
-            t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value.detach()
-            if tuple(t.shape) != shape_in:
-                raise ValueError(f"{name} must have shape {shape_in} (forward_model.shape_in), got {tuple(t.shape)}")
-            if t.dtype == torch.bool or t.is_complex():
-                raise TypeError(f"{name} must hold real values, got dtype {t.dtype}")
-            t = t.to(device=device, dtype=torch.float32)
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-            if bool((t < 0).any()):
-                raise ValueError(f"{name} must be >= 0; its minimum is {float(t.min()):g}")
-            return t
-
-        mr_t = image("mr", mr)
-        init_t = image("init", init)
         if self.config.conditional and mr_t is None:
             raise ValueError("this DDIP model is MR-conditioned: pass mr (the co-registered MR image, shape "
                              f"{shape_in})")

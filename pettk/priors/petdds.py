@@ -114,7 +114,7 @@ from ..io.checkpoint import load_checkpoint, save_checkpoint
 from ..physics import ForwardModel
 from ..recon import osem
 from ..recon._common import SENSITIVITY_FLOOR
-from .base import ImagePrior
+from .base import ImagePrior, check_prior_inputs
 
 __all__ = ["PETDDSConfig", "PETDDS", "ConditionDropout", "activity_level", "reference_statistics",
            "SCALE_MODES", "BETA_SCHEDULES"]
@@ -550,19 +550,14 @@ class PETDDS(ImagePrior):
     # -- input checks -----------------------------------------------------------------------------------------
     def _check_inputs(self, forward_model, y, mr, init):
         cfg = self.config
-        if not isinstance(forward_model, ForwardModel):
-            raise TypeError(f"forward_model must be a pettk ForwardModel, got {type(forward_model).__name__}")
+        y_t, images = check_prior_inputs(forward_model, y, {"mr": mr, "init": init},
+                                         int(getattr(self.net, "downsample_factor", 1)))
+        mr_t, init_t = images["mr"], images["init"]
         shape_in = tuple(forward_model.shape_in)
-        if len(shape_in) not in (2, 3):
-            raise ValueError(f"forward_model.shape_in must be 2D (nx, ny) or 3D (nx, ny, nz), got {shape_in}")
         if cfg.image_size is not None and tuple(shape_in[:2]) != tuple(cfg.image_size):
             raise ValueError(f"this PET-DDS image model was trained on {cfg.image_size[0]}x{cfg.image_size[1]} "
                              f"images but the forward model's grid is {shape_in[0]}x{shape_in[1]} in-plane; "
                              "reconstruct on the training grid or train a model for this one")
-        f = int(getattr(self.net, "downsample_factor", 1))
-        if shape_in[0] % f or shape_in[1] % f:
-            raise ValueError(f"the image size {shape_in[:2]} must be divisible by {f} (the network's "
-                             "down-sampling factor)")
         if cfg.subsets > 1 or cfg.init_subsets > 1:
             proj = forward_model.projector
             axis = getattr(proj.geometry, "view_axis", None)
@@ -570,42 +565,8 @@ class PETDDS(ImagePrior):
             if views is not None and max(cfg.subsets, cfg.init_subsets) > views:
                 raise ValueError(f"subsets ({cfg.subsets}) and init_subsets ({cfg.init_subsets}) must not exceed the "
                                  f"{views} views of the forward model")
-        if not isinstance(y, (np.ndarray, torch.Tensor)):
-            raise TypeError(f"y must be a numpy array or a torch tensor, got {type(y).__name__}")
-        y_t = torch.from_numpy(np.ascontiguousarray(y)) if isinstance(y, np.ndarray) else y.detach()
-        if y_t.dtype == torch.bool or y_t.is_complex():
-            raise TypeError(f"y must hold real counts, got dtype {y_t.dtype}")
-        if tuple(y_t.shape) != tuple(forward_model.shape_out):
-            raise ValueError(f"y must have shape {tuple(forward_model.shape_out)} (forward_model.shape_out), "
-                             f"got {tuple(y_t.shape)}")
-        y_t = y_t.to(torch.float32)
-        if not bool(torch.isfinite(y_t).all()):
-            raise ValueError("y contains non-finite values (NaN or inf)")
-        if bool((y_t < 0).any()):
-            raise ValueError(f"y holds counts and must be >= 0; its minimum is {float(y_t.min()):g}")
         if not float(y_t.sum()) > 0:
             raise ValueError("y holds no counts")
-        device = y_t.device
-
-        def image(name, value):
-            if value is None:
-                return None
-            if not isinstance(value, (np.ndarray, torch.Tensor)):
-                raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
-            t = torch.from_numpy(np.ascontiguousarray(value)) if isinstance(value, np.ndarray) else value.detach()
-            if tuple(t.shape) != shape_in:
-                raise ValueError(f"{name} must have shape {shape_in} (forward_model.shape_in), got {tuple(t.shape)}")
-            if t.dtype == torch.bool or t.is_complex():
-                raise TypeError(f"{name} must hold real values, got dtype {t.dtype}")
-            t = t.to(device=device, dtype=torch.float32)
-            if not bool(torch.isfinite(t).all()):
-                raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-            if bool((t < 0).any()):
-                raise ValueError(f"{name} must be >= 0; its minimum is {float(t.min()):g}")
-            return t
-
-        mr_t = image("mr", mr)
-        init_t = image("init", init)
         if self.conditional and cfg.guidance > 0:
             if mr is None:
                 raise ValueError("this PET-DDS image model is MR-conditioned: pass mr (the co-registered MR image, "
@@ -615,8 +576,9 @@ class PETDDS(ImagePrior):
         if init_t is not None and not float(init_t.max()) > 0:
             raise ValueError("init is zero everywhere")
         for name, t in (("mult", forward_model.mult), ("additive", forward_model.additive)):
-            if t is not None and t.device != device:
-                raise ValueError(f"forward_model's {name} is on {t.device}, y on {device}; use forward_model.to(...)")
+            if t is not None and t.device != y_t.device:
+                raise ValueError(f"forward_model's {name} is on {t.device}, y on {y_t.device}; "
+                                 "use forward_model.to(...)")
         return y_t, mr_t, init_t
 
     # -- the guided network ---------------------------------------------------------------------------------
