@@ -185,6 +185,17 @@ def _place_lesions(grid: ImageGrid, pose: Pose, shapes: Shapes, rng: np.random.G
     return tuple(placed)
 
 
+def draw_lesions(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Radii (mm, 2-10), activity factors and MR visibility of ``n`` lesions: half hot (x1.6-3),
+    half cold (x0.1-0.5; for an odd ``n`` the last kind is random), each visible in the MR with
+    probability 0.35."""
+    radii = rng.uniform(2.0, 10.0, n)
+    n_hot = n // 2 + (int(rng.random() < 0.5) if n % 2 else 0)
+    hot = rng.permutation(np.arange(n) < n_hot)
+    factors = np.where(hot, rng.uniform(1.6, 3.0, n), rng.uniform(0.1, 0.5, n))
+    return radii, factors, rng.random(n) < 0.35
+
+
 def _sphere_hits(world_v: np.ndarray, offsets: np.ndarray, centre, radius: float):
     """Voxels near a sphere and which of their samples lie inside: ``(idx, mask (len(idx), S))``."""
     c = np.zeros(3)
@@ -278,11 +289,7 @@ def brain_phantom_v2(grid: ImageGrid, seed=0, tracer: str = "fdg", lesions: int 
     # independent streams: the number of lesions changes nothing else about the subject
     lesion_seed, place_seed, noise_seed = (int(v) for v in rng.integers(2 ** 63, size=3))
     lesion_rng, place_rng = np.random.default_rng(lesion_seed), np.random.default_rng(place_seed)
-    radii = lesion_rng.uniform(2.0, 10.0, n_lesions)
-    n_hot = n_lesions // 2 + (int(lesion_rng.random() < 0.5) if n_lesions % 2 else 0)
-    hot = lesion_rng.permutation(np.arange(n_lesions) < n_hot)
-    factors = np.where(hot, lesion_rng.uniform(1.6, 3.0, n_lesions), lesion_rng.uniform(0.1, 0.5, n_lesions))
-    visible = lesion_rng.random(n_lesions) < 0.35
+    radii, factors, visible = draw_lesions(lesion_rng, n_lesions)
 
     # -- things placed by rejection sampling on the labelled anatomy --------------------------------
     gm_points = _place(shapes, place_rng, CEREBRUM_BOX, GM)

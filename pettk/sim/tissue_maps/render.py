@@ -24,6 +24,7 @@ from ..anatomy.render import (
     _sphere_hits,
     _tracer_name,
     _world_centres,
+    draw_lesions,
 )
 from ..anatomy.tables import GM, N_LABELS, PARENCHYMA, TISSUE_LABELS, WM, Tracer, draw_mu
 from .loading import TissueMaps, load_tissue_maps
@@ -221,11 +222,7 @@ def from_tissue_maps(maps, grid: ImageGrid, seed=0, tracer: str = "fdg", lesions
     mr_only_radii = rng.uniform(1.5, 4.0, n_mr_only)
     lesion_seed, place_seed, noise_seed = (int(v) for v in rng.integers(2 ** 63, size=3))
     lesion_rng, place_rng = np.random.default_rng(lesion_seed), np.random.default_rng(place_seed)
-    radii = lesion_rng.uniform(2.0, 10.0, n_lesions)
-    n_hot = n_lesions // 2 + (int(lesion_rng.random() < 0.5) if n_lesions % 2 else 0)
-    hot = lesion_rng.permutation(np.arange(n_lesions) < n_hot)
-    factors = np.where(hot, lesion_rng.uniform(1.6, 3.0, n_lesions), lesion_rng.uniform(0.1, 0.5, n_lesions))
-    visible = lesion_rng.random(n_lesions) < 0.35
+    radii, factors, visible = draw_lesions(lesion_rng, n_lesions)
     used_pose = drawn if pose is True else (pose if isinstance(pose, Pose) else None)
     scale = 1.0 if used_pose is None else used_pose.scale
 
