@@ -165,13 +165,7 @@ def load_nifti(path, ndim: int | None = None, *, resample: bool = False, order: 
         raise FileFormatError(f"{path}: expected a 2D or 3D image, got shape {tuple(np.shape(img.dataobj))}")
     if data.size == 0:
         raise FileFormatError(f"{path}: the image is empty (shape {data.shape})")
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise FileFormatError(f"{path}: the affine is not a finite 4x4 matrix: {affine.tolist()}")
-    linear = affine[:3, :3]
-    sizes = np.linalg.norm(linear, axis=0)
-    if np.any(sizes == 0) or abs(np.linalg.det(linear / sizes)) < 1e-6:
-        raise FileFormatError(f"{path}: the affine is singular (a voxel axis has no direction in space): "
-                              f"{affine[:3].tolist()}")
+    check_affine(affine, path)
 
     # reorder and flip the axes to the closest axis-aligned (RAS+) orientation -- exact
     ornt = orientations.ornt_transform(orientations.io_orientation(affine), orientations.axcodes2ornt("RAS"))
@@ -202,6 +196,19 @@ def load_nifti(path, ndim: int | None = None, *, resample: bool = False, order: 
     except (TypeError, ValueError) as exc:
         raise FileFormatError(f"{path}: the affine gives no valid grid ({exc})") from exc
     return data, grid
+
+
+def check_affine(affine: np.ndarray, where) -> np.ndarray:
+    """``affine`` if it is a finite, non-singular 4 x 4 voxel-to-world matrix; otherwise a
+    :class:`FileFormatError` naming ``where`` (the file)."""
+    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
+        raise FileFormatError(f"{where}: the affine is not a finite 4x4 matrix: {affine.tolist()}")
+    linear = affine[:3, :3]
+    sizes = np.linalg.norm(linear, axis=0)
+    if np.any(sizes == 0) or abs(np.linalg.det(linear / sizes)) < 1e-6:
+        raise FileFormatError(f"{where}: the affine is singular (a voxel axis has no direction in space), so the "
+                              f"image has no world coordinates: {np.round(affine[:3], 6).tolist()}")
+    return affine
 
 
 def _is_axis_aligned(affine: np.ndarray, shape) -> bool:

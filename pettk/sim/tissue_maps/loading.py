@@ -19,6 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from ...io.errors import FileFormatError, as_path, reading
+from ...io.nifti import check_affine
 from ..anatomy.tables import PARENCHYMA
 from .names import CLASS_CODES, REQUIRED, tissue_class
 
@@ -102,7 +103,7 @@ class TissueMaps:
         messages naming ``name[tissue]``."""
         if not hasattr(maps, "items"):
             raise TypeError(f"maps must be a mapping tissue name -> array, got {type(maps).__name__}")
-        affine = _check_affine(np.asarray(affine, dtype=np.float64), name)
+        affine = check_affine(np.asarray(affine, dtype=np.float64), name)
         entries = []
         for key, arr in maps.items():
             if not isinstance(key, str):
@@ -117,17 +118,6 @@ class TissueMaps:
                                  "subject must have the same shape")
         return _assemble([(w, c, _checked_values(a.astype(np.float32), w)) for w, c, a in entries], affine,
                          None, (), "memberships", name)
-
-
-def _check_affine(affine: np.ndarray, where) -> np.ndarray:
-    if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-        raise FileFormatError(f"{where}: the affine is not a finite 4x4 matrix: {affine.tolist()}")
-    linear = affine[:3, :3]
-    sizes = np.linalg.norm(linear, axis=0)
-    if np.any(sizes == 0) or abs(np.linalg.det(linear / sizes)) < 1e-6:
-        raise FileFormatError(f"{where}: the affine is singular (a voxel axis has no direction in space), so the "
-                              f"map has no world coordinates to resample from: {np.round(affine[:3], 6).tolist()}")
-    return affine
 
 
 def _as_volume(data: np.ndarray, where) -> np.ndarray:
@@ -156,7 +146,7 @@ def _header(path: Path):
     if len(shape) != 3 or 0 in shape:
         raise FileFormatError(f"{path}: expected one 2D or 3D map, got shape {tuple(img.shape)}"
                               + (" (several volumes: one file per tissue)" if len(shape) == 4 else ""))
-    return shape, _check_affine(affine, path)
+    return shape, check_affine(affine, path)
 
 
 def _read(path: Path) -> np.ndarray:
