@@ -278,3 +278,39 @@ def test_osem_tuning_grid_extends_past_a_winning_end():
     assert len(calls) == len(set(calls))   # no grid point is reconstructed twice
     interior = _tune_osem(lambda n, f: -abs(n - 4) - abs(f - 4.0), (2, 4, 8), (0.0, 4.0, 8.0), extend=3)
     assert len(interior) == 9              # an interior optimum leaves the grid as it is
+
+
+class _ScaledCounts:
+    """The simplest sinogram restorer: the unbiased full-dose estimate DRF · y_low (counts its calls)."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def restore(self, y_low, drf):
+        self.calls += 1
+        return drf * y_low
+
+
+def test_restorers_get_the_same_tuning_freedom(tiny_data):
+    """Issue 22 item 3: RED/DREAM are scored on restored images with tuned EM iterations x post-filter."""
+    import torch
+
+    from pettk.evaluation import _cases
+    from pettk.evaluation.data import open_split
+    from pettk.evaluation.tuning import tune_on_cases
+
+    cases = [(d, c) for d, _, c in _cases(open_split(tiny_data, "validation", (20.0,)), torch.device("cpu"))]
+    restorer = _ScaledCounts()
+    chosen, record = tune_on_cases(cases, methods=("osem", "red"), osem_iterations=(1, 3), post_filter_mm=(0.0, 6.0),
+                                   extend=0, restorers={"red": restorer})
+    assert restorer.calls == len(cases)                      # each sinogram restored once
+    red, osem = record[20.0]["red"], record[20.0]["osem"]
+    assert len(red["scores"]) == 4
+    assert (chosen[20.0].red_osem_iterations, chosen[20.0].red_post_filter_mm) == \
+        (red["best"]["osem_iterations"], red["best"]["post_filter_mm"])
+    # DRF · y_low through the full-dose model is OSEM of the raw data through the low-dose model
+    for a, b in zip(sorted(red["scores"], key=lambda r: (r["osem_iterations"], r["post_filter_mm"])),
+                    sorted(osem["scores"], key=lambda r: (r["osem_iterations"], r["post_filter_mm"]))):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
+    with pytest.raises(ValueError, match="needs the model"):
+        tune_on_cases(cases, methods=("dream",))

@@ -21,8 +21,9 @@ How
     under 2 pixels in a slice, or with a true contrast within 10 % of 1, are listed but not scored.
 
 Honest classical baselines (``tune``)
-    The classical settings (OSEM iterations × post-filter, BSREM-RDP β × γ) are tuned on the
-    **validation split of the data being evaluated**, never its test split: for ``data_dir``
+    The classical settings (OSEM iterations × post-filter, BSREM-RDP β × γ), and the EM
+    iterations × post-filter after RED's and DREAM's restored sinograms (the same freedom), are
+    tuned on the **validation split of the data being evaluated**, never its test split: for ``data_dir``
     its ``validation`` subjects; for simulated held-out data, validation subjects simulated with
     the same settings (anatomy, geometry, size, counts, tracer) and seeds from
     :data:`~.data.VALIDATION_SEED`. ``tune_slices`` validation slices (default 8, evenly spread)
@@ -167,7 +168,7 @@ def _n(count: int, word: str) -> str:
 
 
 def _settings_text(per_drf: dict, methods, how: str) -> str:
-    shown = [m for m in ("osem", "bsrem-rdp", "mlem") if m in methods]
+    shown = [m for m in ("osem", "bsrem-rdp", "mlem", "red", "dream") if m in methods]
     if not shown:
         return ""
     parts = []
@@ -180,8 +181,13 @@ def _settings_text(per_drf: dict, methods, how: str) -> str:
             items.append(f"BSREM-RDP β {s.bsrem_beta:g}, γ {s.rdp_gamma:g} (MAP, at most {s.bsrem_iterations} epochs)")
         if "mlem" in shown:
             items.append(f"MLEM {_n(s.mlem_iterations, 'iteration')}")
+        for m in ("red", "dream"):
+            if m in shown:
+                items.append(f"{LABELS[m]}: OSEM of the restored sinogram, "
+                             f"{_n(getattr(s, f'{m}_osem_iterations'), 'iteration')}, "
+                             f"{getattr(s, f'{m}_post_filter_mm'):g} mm post-filter")
         parts.append(f"DRF {drf:g}: " + "; ".join(items))
-    return f"Classical settings, {how}: " + ". ".join(parts) + ".\n\n"
+    return f"Settings, {how}: " + ". ".join(parts) + ".\n\n"
 
 
 def _cr_text(has_maps: bool, counts: Counter) -> str:
@@ -330,6 +336,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
             val_cases = _cases(val_sets, device, val_idx)
             start = time.perf_counter()
             per_drf, record = tune_on_cases([(d, c) for d, _, c in val_cases], methods=tunable, base=per_drf,
+                                            restorers={m: models[m] for m in tunable if m in models},
                                             progress=progress, **grid)
             tuning = {"criterion": "mean PSNR against the true activity over the validation slices",
                       "source": source, "methods": list(tunable), "grid": {k: list(v) if isinstance(v, tuple) else v
@@ -449,7 +456,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
 def tune_classical(data: EvalData | None = None, *, osem_iterations=(2, 4, 8),
                    post_filter_mm=(0.0, 4.0, 6.0, 8.0, 10.0),
                    bsrem_beta=(0.03, 0.1, 0.3, 1.0, 3.0), rdp_gamma=(0.5, 2.0, 5.0, 20.0),
-                   base: ClassicalSettings | None = None, progress: bool = True, methods=TUNABLE,
+                   base: ClassicalSettings | None = None, progress: bool = True, methods=("osem", "bsrem-rdp"),
                    extend: int = 3, device="cpu") -> dict[float, ClassicalSettings]:
     """Choose the classical settings per DRF by best mean PSNR on simulated validation subjects.
 

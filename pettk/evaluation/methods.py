@@ -139,13 +139,13 @@ TUNED = {4.0: ClassicalSettings(osem_iterations=4, post_filter_mm=4.0, bsrem_bet
          100.0: ClassicalSettings(osem_iterations=1, post_filter_mm=8.0, bsrem_beta=0.3, rdp_gamma=0.5)}
 
 
-def _filtered(x: torch.Tensor, grid: ImageGrid, fwhm_mm: float) -> torch.Tensor:
+def filtered(x: torch.Tensor, grid: ImageGrid, fwhm_mm: float) -> torch.Tensor:
     return post_filter(x, grid, fwhm_mm) if fwhm_mm > 0 else x
 
 
 def _osem(case: Case, s: ClassicalSettings) -> torch.Tensor:
     x = osem(case.model_low, case.y_low, s.osem_iterations, s.osem_subsets)
-    return _filtered(x, case.grid, s.post_filter_mm)
+    return filtered(x, case.grid, s.post_filter_mm)
 
 
 #: Epochs between two checks of the MAP objective in :func:`converged_bsrem`.
@@ -201,7 +201,7 @@ def _restorer(restorer, method: str) -> Callable[[Case, ClassicalSettings], torc
     def run(case: Case, s: ClassicalSettings) -> torch.Tensor:
         y_hat = restorer.restore(case.y_low, case.drf).clamp_min(0)
         x = osem(case.model, y_hat, getattr(s, f"{method}_osem_iterations"), s.osem_subsets)
-        return _filtered(x, case.grid, getattr(s, f"{method}_post_filter_mm"))
+        return filtered(x, case.grid, getattr(s, f"{method}_post_filter_mm"))
     return run
 
 

@@ -16,14 +16,18 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import psnr
-from .methods import Case, ClassicalSettings, make_runner
+from ..recon import osem
+from .methods import Case, ClassicalSettings, filtered, make_runner
 
-__all__ = ["TUNABLE", "TUNE_GRID", "tune_on_cases"]
+__all__ = ["TUNABLE", "RESTORERS", "TUNE_GRID", "tune_on_cases"]
 
 log = logging.getLogger(__name__)
 
 #: The methods whose settings ``tune`` chooses on validation data.
-TUNABLE = ("osem", "bsrem-rdp")
+TUNABLE = ("osem", "bsrem-rdp", "red", "dream")
+#: The sinogram restorers among them: their EM iterations × post-filter after the restoration are
+#: tuned like OSEM's on the raw data (the same freedom as the classical baseline).
+RESTORERS = ("red", "dream")
 #: The default tuning grids (those of :func:`tune_classical`); ``extend``: how many times a grid
 #: is extended past a winning end (beta, gamma; 0 keeps the grids as given).
 TUNE_GRID = {"osem_iterations": (2, 4, 8), "post_filter_mm": (0.0, 4.0, 6.0, 8.0, 10.0),
@@ -99,7 +103,7 @@ def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
 def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_iterations"],
                   post_filter_mm=TUNE_GRID["post_filter_mm"], bsrem_beta=TUNE_GRID["bsrem_beta"],
                   rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3,
-                  base: ClassicalSettings | dict | None = None,
+                  base: ClassicalSettings | dict | None = None, restorers: dict | None = None,
                   progress: bool = False) -> tuple[dict[float, ClassicalSettings], dict[float, dict]]:
     """Choose the classical settings per DRF by best mean PSNR over ``cases`` (validation data).
 
@@ -110,7 +114,10 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     ``gamma``; when the best ``beta`` (or ``gamma``) lies at an end of its grid, the grid is
     extended past it (× sqrt(10) for beta, × 2.5 for gamma, up to ``extend`` times) so that the
     choice is not an artefact of the grid. ``base`` (a :class:`ClassicalSettings` or one per
-    DRF; default :class:`ClassicalSettings`) gives every other setting.
+    DRF; default :class:`ClassicalSettings`) gives every other setting. RED and DREAM (when in
+    ``methods``, with their models in ``restorers``): the OSEM iterations × post-filter applied to
+    the restored sinogram (``red_*``, ``dream_*`` settings), on the OSEM grids with the same
+    extension; each validation sinogram is restored once.
 
     Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
     ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
@@ -123,6 +130,10 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     unknown = [m for m in methods if m not in TUNABLE]
     if unknown:
         raise ValueError(f"only {', '.join(TUNABLE)} are tuned, got {unknown}")
+    restorers = dict(restorers or {})
+    missing = [m for m in methods if m in RESTORERS and m not in restorers]
+    if missing:
+        raise ValueError(f"tuning {', '.join(missing)} needs the model(s) in restorers")
     if base is None or isinstance(base, ClassicalSettings):
         bases = {d: (base or ClassicalSettings()).validate() for d in by_drf}
     else:
@@ -159,6 +170,23 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
                                            for beta, v in sorted(sc.items())]}
             log.info("DRF %g: BSREM-RDP PSNR per gamma: %s", drf,
                      {g: {beta: round(v, 3) for beta, v in sc.items()} for g, (_, sc) in per_gamma.items()})
+        for method in (m for m in RESTORERS if m in methods):
+            restored = [restorers[method].restore(c.y_low, c.drf).clamp_min(0) for c in mine]
+
+            def restored_score(n, f, restored=restored, mine=mine, subsets=b.osem_subsets):
+                values = []
+                for c, y_hat in zip(mine, restored):
+                    x = filtered(osem(c.model, y_hat, n, subsets), c.grid, f)
+                    values.append(psnr(_image(x), c.truth.numpy()))
+                    bar.update(1)
+                return float(np.mean(values))
+
+            scores = _tune_osem(restored_score, osem_iterations, post_filter_mm, extend)
+            (n, f) = max(scores, key=scores.get)
+            out = dataclasses.replace(out, **{f"{method}_osem_iterations": n, f"{method}_post_filter_mm": f})
+            rec[method] = {"best": {"osem_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
+                           "scores": [{"osem_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
+                                      for k, v in scores.items()]}
         chosen[drf] = out.validate()
         record[drf] = rec
         log.info("DRF %g: %s", drf, chosen[drf])
