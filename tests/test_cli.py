@@ -230,7 +230,13 @@ def test_evaluate_writes_tables_figure_and_nifti(tmp_path, capsys):
     assert "| OSEM + filter | 20 | fdg | 2 |" in table and "| MLEM | 20 | fdg | 2 |" in table
     rows = (out / "slices.csv").read_text().splitlines()
     assert rows[0] == "method,drf,tracer,subject,slice,psnr,ssim,nrmse,seconds" and len(rows) == 1 + 2 * 2
-    assert len(list((out / "nifti").glob("*.nii.gz"))) == 4
+    assert len(list((out / "nifti").glob("*.nii.gz"))) == 4 + 2 * 2       # methods, truth and reference
+    from pettk.io import load_nifti
+
+    subject = rows[1].split(",")[3]
+    truth, _ = load_nifti(out / "nifti" / f"truth_{subject}.nii.gz")
+    osem, _ = load_nifti(out / "nifti" / f"osem_drf20_{subject}.nii.gz")
+    assert truth.shape == osem.shape and truth.max() > 0 and (out / "nifti" / f"reference_{subject}.nii.gz").is_file()
     assert "OSEM + filter" in capsys.readouterr().out
 
 

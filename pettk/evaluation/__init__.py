@@ -40,7 +40,10 @@ Outputs (:mod:`.report`), in ``out_dir``
     - ``tuning.json`` (when tuned): the validation slices, every grid point's mean PSNR and the
       chosen settings per DRF;
     - ``figure.png``: reference, each method and the error maps for the first slice of each DRF;
-    - ``nifti/<method>_drf<D>_<subject>.nii.gz``: every reconstructed slice, stacked along z.
+    - ``nifti/<method>_drf<D>_<subject>.nii.gz``: every reconstructed slice, stacked along z;
+      ``nifti/truth_<subject>.nii.gz`` and ``nifti/reference_<subject>.nii.gz`` beside them: the
+      true activity and the full-dose reference (OSEM of the high-count scan) of the same slices,
+      so that any metric can be checked in one's own viewer.
 
 :func:`tune_classical` tunes the classical settings on simulated validation subjects alone (it
 chose :data:`~.methods.TUNED`).
@@ -370,6 +373,9 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         for drf, item, case in cases:
             truth = case.truth.numpy()
             subject = case.info["subject"]
+            if drf == drfs[0]:  # the true activity and the full-dose reference, once per slice
+                images.setdefault(("truth", None, subject), []).append(truth.astype(np.float32))
+                images.setdefault(("reference", None, subject), []).append(item["reference"].numpy())
             tracer = tracers.get(subject, data.tracer if data is not None else "")
             rois = []
             if "lesions" in item:
@@ -449,7 +455,8 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
                      LABELS)
     if write_nifti:
         for (method, drf, subject), stack in images.items():
-            write_nifti_stack(out_dir / "nifti" / f"{method}_drf{drf:g}_{subject}.nii.gz", stack, grid_2d)
+            name = f"{method}_{subject}" if drf is None else f"{method}_drf{drf:g}_{subject}"
+            write_nifti_stack(out_dir / "nifti" / f"{name}.nii.gz", stack, grid_2d)
     return summary
 
 
