@@ -110,3 +110,29 @@ def test_checkpoint_round_trip(tmp_path):
     with pytest.raises(TypeError):
         save_checkpoint(tmp_path / "o.safetensors", net.state_dict(), {"bad": object()})
     assert not (tmp_path / "o.safetensors").exists()
+
+
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_save_nifti_refuses_nonfinite_unless_asked(tmp_path, bad):
+    import torch
+
+    grid = pettk.ImageGrid((4, 3, 2), (2.0, 1.5, 3.0), origin_mm=(1.0, -2.0, 5.0))
+    x = np.ones(grid.shape, np.float32)
+    x[1, 2, 0] = bad
+    target = tmp_path / "x.nii.gz"
+    target.write_bytes(b"old")  # an existing file is left as it was
+    n_nan, n_inf = (1, 0) if np.isnan(bad) else (0, 1)
+    for image in (x, torch.from_numpy(x), x.astype(np.float16), x.astype(np.float64)):
+        with pytest.raises(ValueError, match=rf"cannot write {target}: the image holds {n_nan} NaN and {n_inf} "
+                                             r"infinite voxel\(s\) of 24 \(first at index \(1, 2, 0\)\).*"
+                                             "allow_nonfinite=True"):
+            save_nifti(target, image, grid)
+    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["x.nii.gz"]
+    with pytest.raises(TypeError, match="allow_nonfinite must be True or False"):
+        save_nifti(target, x, grid, allow_nonfinite="yes")
+    back, g = load_nifti(save_nifti(target, x, grid, allow_nonfinite=True))
+    np.testing.assert_array_equal(back, x)  # NaN == NaN here, values kept exactly
+    assert g == grid
+    # integer images have no NaN; finite float images are written without the flag
+    save_nifti(tmp_path / "i.nii", np.arange(24, dtype=np.int16).reshape(grid.shape), grid)
+    save_nifti(tmp_path / "f.nii", np.zeros(grid.shape), grid)

@@ -44,7 +44,7 @@ _NIFTI_DTYPES = (np.uint8, np.int8, np.uint16, np.int16, np.uint32, np.int32, np
                  np.float32, np.float64)
 
 
-def save_nifti(path, image, grid: ImageGrid) -> Path:
+def save_nifti(path, image, grid: ImageGrid, *, allow_nonfinite: bool = False) -> Path:
     """Write ``image`` (shape ``grid.shape``; numpy or torch) to ``path`` (``.nii`` or ``.nii.gz``).
 
     The file carries ``grid.affine`` (voxel index -> mm) in both the sform and the qform, with
@@ -53,6 +53,10 @@ def save_nifti(path, image, grid: ImageGrid) -> Path:
     stored as float32 (exact). Other dtypes (bool, complex, long double) are refused. Everything is
     checked before anything is written, and the file is written atomically (a temporary file
     renamed into place), so a refused or failed save leaves no file behind.
+
+    A floating-point image holding NaN or +-Inf (a diverged reconstruction, a division by zero
+    upstream) is refused with a :class:`ValueError` that counts the bad voxels, unless
+    ``allow_nonfinite=True`` (then it is written as it is; most viewers show such voxels blank).
     """
     if not isinstance(grid, ImageGrid):
         raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
@@ -74,6 +78,10 @@ def save_nifti(path, image, grid: ImageGrid) -> Path:
         raise TypeError(f"image must be real numbers (an integer type, float16, float32 or float64); NIfTI "
                         f"cannot store dtype {data.dtype}" + (" (convert to float64 first)"
                                                                if data.dtype.kind == "f" else ""))
+    if not isinstance(allow_nonfinite, (bool, np.bool_)):
+        raise TypeError(f"allow_nonfinite must be True or False, got {allow_nonfinite!r}")
+    if data.dtype.kind == "f" and not allow_nonfinite:
+        check_finite_image(data, f"cannot write {name}")
     if data.ndim == 2:
         data = data[:, :, None]
     data = np.ascontiguousarray(data)
@@ -196,6 +204,21 @@ def load_nifti(path, ndim: int | None = None, *, resample: bool = False, order: 
     except (TypeError, ValueError) as exc:
         raise FileFormatError(f"{path}: the affine gives no valid grid ({exc})") from exc
     return data, grid
+
+
+def check_finite_image(data: np.ndarray, what: str) -> None:
+    """Raise a :class:`ValueError` starting with ``what`` when the float array ``data`` holds NaN or
+    +-Inf, saying how many voxels of each and where the first one is (``allow_nonfinite=True``
+    writes it anyway)."""
+    finite = np.isfinite(data)
+    if finite.all():
+        return
+    n_nan = int(np.isnan(data).sum())
+    n_inf = int(data.size - finite.sum()) - n_nan
+    first = tuple(int(i) for i in np.argwhere(~finite)[0])
+    raise ValueError(f"{what}: the image holds {n_nan} NaN and {n_inf} infinite voxel(s) of {data.size} (first at "
+                     f"index {first}); fix the computation that produced them, or pass allow_nonfinite=True to "
+                     "write them anyway")
 
 
 def check_affine(affine: np.ndarray, where) -> np.ndarray:
