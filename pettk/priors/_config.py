@@ -19,8 +19,8 @@ declares each field's check next to its default with :func:`checked`::
 order, then ``_check``), :meth:`~PriorConfig.replace` (nested dataclass fields may be given as a
 dict of changes), :meth:`~PriorConfig.to_dict` / :meth:`~PriorConfig.to_json` (plain JSON, tuples
 become lists, written atomically) and :meth:`~PriorConfig.from_dict` / :meth:`~PriorConfig.from_json`
-(presets, partial nested dicts, unknown keys rejected). Every error names the field, the value
-received and what was expected.
+(presets, partial nested dicts, unknown keys rejected), :meth:`~PriorConfig.save_json`. Every
+error names the field, the value received and what was expected.
 """
 
 from __future__ import annotations
@@ -141,8 +141,8 @@ class Nested(_Spec):
     """An instance of the dataclass ``cls`` (``TypeError`` otherwise); ``from_dict`` and ``replace``
     accept a (partial) dict of its fields, lists becoming tuples."""
 
-    def __init__(self, cls, *, optional: bool = False):
-        self.cls, self.optional = cls, optional
+    def __init__(self, cls, *, optional: bool = False, label: str | None = None):
+        self.cls, self.optional, self.label = cls, optional, label
 
     def check(self, name, value):
         if not isinstance(value, self.cls):
@@ -155,7 +155,7 @@ class Nested(_Spec):
         known = {f.name for f in dataclasses.fields(self.cls)}
         unknown = sorted(set(changes) - known)
         if unknown:
-            raise ValueError(f"unknown {name} keys {unknown}; expected some of {sorted(known)}")
+            raise ValueError(f"unknown {self.label or name} keys {unknown}; expected some of {sorted(known)}")
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
         if base is None:
             return self.cls(**fields)
@@ -174,6 +174,11 @@ class PriorConfig:
     _name = "prior"
     #: ``from_dict``'s ``{"preset": name}`` → the class attribute holding that preset.
     _presets: dict = {}
+    #: The key of ``from_dict``'s preset name.
+    _preset_key = "preset"
+    #: A checkpoint's JSON sidecar ``{"config": {<this key>: {...}}}`` is also read by ``from_json``
+    #: when set.
+    _checkpoint_key: str | None = None
     #: The class attribute of the base of ``from_dict`` when neither ``base`` nor a preset is given
     #: (``None``: the dataclass defaults).
     _default_preset: str | None = None
@@ -229,10 +234,10 @@ class PriorConfig:
         if not isinstance(d, dict):
             raise TypeError(f"a {cls._name} configuration must be a dict, got {type(d).__name__}")
         d = {k: tuple(v) if isinstance(v, list) else v for k, v in d.items()}
-        preset = d.pop("preset", None) if cls._presets else None
+        preset = d.pop(cls._preset_key, None) if cls._presets else None
         if preset is not None:
             if preset not in cls._presets:
-                raise ValueError(f"preset must be one of {sorted(cls._presets)}, got {preset!r}")
+                raise ValueError(f"{cls._preset_key} must be one of {sorted(cls._presets)}, got {preset!r}")
             base = getattr(cls, cls._presets[preset])
         if base is None and cls._default_preset is not None:
             base = getattr(cls, cls._default_preset)
@@ -256,4 +261,13 @@ class PriorConfig:
             source = path.read_text()
         if not isinstance(source, str):
             raise TypeError(f"source must be a path or JSON text, got {type(source).__name__}")
-        return cls.from_dict(json.loads(source))
+        data = json.loads(source)
+        key = cls._checkpoint_key
+        if key and isinstance(data, dict) and isinstance(data.get("config"), dict) and key in data["config"]:
+            data = data["config"][key]
+        return cls.from_dict(data)
+
+    def save_json(self, path) -> Path:
+        """Write :meth:`to_json` to ``path`` (atomically); returns the path."""
+        self.to_json(path)
+        return Path(path)
