@@ -37,6 +37,7 @@ from tqdm.auto import tqdm
 from .._validation import as_positive_int
 from .._version import __version__
 from ..io.atomic import atomic_path
+from ..io.errors import FileFormatError, existing_file, reading
 
 __all__ = ["TrainConfig", "Trainer", "EMA", "diffusion_loss", "collate"]
 
@@ -354,10 +355,28 @@ class Trainer:
         return path
 
     def load(self, path) -> None:
-        """Restore a checkpoint written by :meth:`save` (exact resume)."""
-        path = Path(path)
-        tensors = load_file(str(path))
-        meta = json.loads(path.with_suffix(".json").read_text())
+        """Restore a checkpoint written by :meth:`save` (exact resume).
+
+        Raises :class:`FileNotFoundError` when the weights or the ``.json`` beside them are missing,
+        and :class:`~pettk.io.FileFormatError` (a ``ValueError``) naming the file when either is
+        damaged or truncated, or does not fit this model and optimiser.
+        """
+        path = existing_file(path, "training checkpoint")
+        meta_path = existing_file(path.with_suffix(".json"), "training checkpoint metadata")
+        with reading(path, "training checkpoint (safetensors)"):
+            tensors = load_file(str(path))
+        with reading(meta_path, "training checkpoint metadata (JSON)"):
+            meta = json.loads(meta_path.read_text(encoding="utf-8"))
+            if not isinstance(meta, dict):
+                raise FileFormatError(f"{meta_path}: not a pettk training checkpoint's metadata (a JSON object)")
+            step, param_groups = int(meta["step"]), meta["optim_param_groups"]
+            seconds = float(meta.get("seconds", 0.0))
+            history = _History(list(meta["history"]["step"]), list(meta["history"]["loss"]))
+        with reading(path, "training checkpoint (does it belong to this model and optimiser?)"):
+            self._restore(tensors, param_groups)
+        self.step, self.seconds, self.history = step, seconds, history
+
+    def _restore(self, tensors: dict, param_groups) -> None:
         self.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if self.ema is not None:
             self.ema.shadow = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
@@ -366,8 +385,5 @@ class Trainer:
             if k.startswith("optim."):
                 _, pid, key = k.split(".", 2)
                 state.setdefault(int(pid), {})[key] = v.to(self.device) if key != "step" else v
-        self.optimizer.load_state_dict({"state": state, "param_groups": meta["optim_param_groups"]})
+        self.optimizer.load_state_dict({"state": state, "param_groups": param_groups})
         self.generator.set_state(tensors["generator_state"])
-        self.step = int(meta["step"])
-        self.seconds = float(meta.get("seconds", 0.0))
-        self.history = _History(list(meta["history"]["step"]), list(meta["history"]["loss"]))

@@ -208,6 +208,11 @@ def _lower(matrix, t0: int, t1: int, what: str, source):
         raise _fail(source, f"malformed header: {what} has no entry [{t0}][{t1}]") from None
 
 
+#: Largest distance (mm) of a detecting element from the scanner's centre that a header may give:
+#: 100 m, far beyond any PET scanner; more means a damaged geometry (and absurd TOF grids).
+MAX_SCANNER_REACH_MM = 1e5
+
+
 def _tof_grid(edges: np.ndarray, reach_mm: float, source, types) -> tuple[int, int, float]:
     """pettk bins for PETSIRD TOF edges: ``(n_bins, offset, width)`` covering ``+-reach_mm``."""
     n = edges.size - 1
@@ -321,6 +326,10 @@ class PETSIRDScanner:
         centre = 0.5 * (lo + hi)
         # half of any LOR's length is at most the largest distance of an element from `centre`
         self._reach_mm = float(np.linalg.norm(self.detector_positions_mm - centre, axis=1).max()) + 1e-3
+        if not math.isfinite(self._reach_mm) or self._reach_mm > MAX_SCANNER_REACH_MM:
+            raise _fail(self.source, f"malformed header: detecting elements lie up to {self._reach_mm:.6g} mm from "
+                                     f"the scanner's centre (more than {MAX_SCANNER_REACH_MM:g} mm); the geometry "
+                                     "is damaged")
         self.type_pairs: list[TypePair] = []
         for t0 in range(n_types):
             for t1 in range(t0 + 1):
@@ -717,18 +726,27 @@ class PETSIRDFile:
     def _open(self, petsird):
         cls = petsird.BinaryPETSIRDReader if self.format == "binary" else petsird.NDJsonPETSIRDReader
         reader = None
+        # pettk opens (and always closes) the file: petsird's readers leave a file they opened
+        # themselves open when their constructor fails on a damaged file
+        handle = open(self.path, "rb") if self.format == "binary" else open(self.path, encoding="utf-8")
         try:
-            reader = cls(str(self.path), skip_completed_check=True)
+            reader = cls(handle, skip_completed_check=True)
+            reader._pettk_handle = handle
             header = reader.read_header()
         except (EOFError, BufferError):  # BufferError: petsird's buffer refill when data run out
-            _close_quietly(reader)
+            _close_quietly(reader, handle)
             raise _fail(self.path, "truncated PETSIRD file: it ends inside the header") from None
         except _READ_ERRORS as err:
-            _close_quietly(reader)
-            what = "truncated or malformed"
+            _close_quietly(reader, handle)
             if "schema" in str(err).lower():
-                what = f"written with another PETSIRD version than the installed petsird ({_petsird_version()})"
-            raise _fail(self.path, f"{what} PETSIRD header ({type(err).__name__}: {err})") from None
+                what = (f"its PETSIRD schema differs from the installed petsird's ({_petsird_version()}): written "
+                        "with another PETSIRD version, or a damaged header")
+            else:
+                what = "truncated or malformed PETSIRD header"
+            raise _fail(self.path, f"{what} ({type(err).__name__}: {err})") from None
+        except BaseException:
+            _close_quietly(reader, handle)
+            raise
         return reader, header
 
     def close(self) -> None:
@@ -900,10 +918,14 @@ def _petsird_version() -> str:
         return "unknown version"
 
 
-def _close_quietly(reader) -> None:
+def _close_quietly(reader, handle=None) -> None:
+    """Close a petsird reader and the file pettk opened for it (``reader._pettk_handle``)."""
     if reader is not None:
         with contextlib.suppress(Exception):
             reader.close()
+        handle = getattr(reader, "_pettk_handle", handle)
+    if handle is not None:
+        handle.close()
 
 
 def _concat(parts: list[EventChunk]) -> EventChunk:
