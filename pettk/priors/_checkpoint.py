@@ -10,7 +10,21 @@ import torch
 
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 
-__all__ = ["save_networks", "load_networks"]
+__all__ = ["save_prior", "load_prior", "save_networks", "load_networks"]
+
+
+def save_prior(path, method: str, state: dict, meta: dict) -> Path:
+    """Write the tensors ``state`` with ``{"method": method, **meta}`` as metadata."""
+    return save_checkpoint(path, state, {"method": method, **meta})
+
+
+def load_prior(path, method: str, device="cpu") -> tuple[dict, dict]:
+    """Read ``(state, meta)`` of a file written by :func:`save_prior`; ``ValueError`` when its method
+    is not ``method``."""
+    state, meta = load_checkpoint(path, device=device)
+    if meta.get("method") != method:
+        raise ValueError(f"{path} is not a {method} checkpoint (method={meta.get('method')!r})")
+    return state, meta
 
 
 def save_networks(path, method: str, networks: dict, meta: dict) -> Path:
@@ -20,7 +34,7 @@ def save_networks(path, method: str, networks: dict, meta: dict) -> Path:
     for name, net in networks.items():
         if net is not None:
             state.update({f"{name}.{k}": v for k, v in net.state_dict().items()})
-    return save_checkpoint(path, state, {"method": method, **meta})
+    return save_prior(path, method, state, meta)
 
 
 def load_networks(path, method: str, device="cpu") -> tuple[dict[str, dict], dict]:
@@ -28,9 +42,7 @@ def load_networks(path, method: str, device="cpu") -> tuple[dict[str, dict], dic
 
     Raises ``ValueError`` when the file's method is not ``method``.
     """
-    state, meta = load_checkpoint(path, device=device)
-    if meta.get("method") != method:
-        raise ValueError(f"{path} is not a {method} checkpoint (method={meta.get('method')!r})")
+    state, meta = load_prior(path, method, device=device)
     states: dict[str, dict] = {}
     for key, value in state.items():
         name, _, param = key.partition(".")

@@ -57,12 +57,16 @@ class _Spec:
 
 
 class Int(_Spec):
-    """An int (not a bool) ``>= minimum`` (and ``<= maximum``); ``ValueError`` otherwise."""
+    """An int (not a bool) ``>= minimum`` (and ``<= maximum``); ``ValueError`` otherwise (``TypeError``
+    for a value that is no int when ``type_error``)."""
 
-    def __init__(self, minimum: int | None = None, maximum: int | None = None, *, optional: bool = False):
-        self.minimum, self.maximum, self.optional = minimum, maximum, optional
+    def __init__(self, minimum: int | None = None, maximum: int | None = None, *, optional: bool = False,
+                 type_error: bool = False):
+        self.minimum, self.maximum, self.optional, self.type_error = minimum, maximum, optional, type_error
 
     def check(self, name, value):
+        if self.type_error and not is_int(value):
+            raise TypeError(f"{name} must be an int, got {value!r} ({type(value).__name__})")
         ok = is_int(value) and (self.minimum is None or value >= self.minimum) and (
             self.maximum is None or value <= self.maximum)
         if not ok:
@@ -78,12 +82,14 @@ class Int(_Spec):
 
 
 class Real(_Spec):
-    """A finite number within ``[minimum, maximum]`` (an end open with ``*_open``); ``ValueError`` otherwise."""
+    """A finite number within ``[minimum, maximum]`` (an end open with ``*_open``); ``ValueError`` otherwise
+    (``TypeError`` for a value that is no finite number when ``type_error``)."""
 
     def __init__(self, minimum: float | None = None, maximum: float | None = None, *, min_open: bool = False,
-                 max_open: bool = False, optional: bool = False, none_means: str | None = None):
+                 max_open: bool = False, optional: bool = False, none_means: str | None = None,
+                 type_error: bool = False):
         self.minimum, self.maximum, self.min_open, self.max_open = minimum, maximum, min_open, max_open
-        self.optional, self.none_means = optional, none_means
+        self.optional, self.none_means, self.type_error = optional, none_means, type_error
 
     def _describe(self) -> str:
         lo, hi = self.minimum, self.maximum
@@ -96,6 +102,8 @@ class Real(_Spec):
         return "a finite number"
 
     def check(self, name, value):
+        if self.type_error and not is_real(value):
+            raise TypeError(f"{name} must be a finite number, got {value!r} ({type(value).__name__})")
         ok = is_real(value)
         if ok and self.minimum is not None:
             ok = float(value) > self.minimum if self.min_open else float(value) >= self.minimum
@@ -139,10 +147,11 @@ class Any(_Spec):
 
 class Nested(_Spec):
     """An instance of the dataclass ``cls`` (``TypeError`` otherwise); ``from_dict`` and ``replace``
-    accept a (partial) dict of its fields, lists becoming tuples."""
+    accept a (partial) dict of its fields, lists becoming tuples. ``unknown`` starts the message of
+    unknown keys (default ``"unknown <field> keys"``)."""
 
-    def __init__(self, cls, *, optional: bool = False, label: str | None = None):
-        self.cls, self.optional, self.label = cls, optional, label
+    def __init__(self, cls, *, optional: bool = False, unknown: str | None = None):
+        self.cls, self.optional, self.unknown = cls, optional, unknown
 
     def check(self, name, value):
         if not isinstance(value, self.cls):
@@ -155,7 +164,7 @@ class Nested(_Spec):
         known = {f.name for f in dataclasses.fields(self.cls)}
         unknown = sorted(set(changes) - known)
         if unknown:
-            raise ValueError(f"unknown {self.label or name} keys {unknown}; expected some of {sorted(known)}")
+            raise ValueError(f"{self.unknown or f'unknown {name} keys'} {unknown}; expected some of {sorted(known)}")
         fields = {k: tuple(v) if isinstance(v, list) else v for k, v in changes.items()}
         if base is None:
             return self.cls(**fields)
@@ -245,9 +254,11 @@ class PriorConfig:
         unknown = sorted(set(d) - known)
         if unknown:
             raise ValueError(f"unknown {cls._name} configuration keys {unknown}; expected some of {sorted(known)}")
+        defaults = {f.name: f.default for f in dataclasses.fields(cls)}
         for name, spec in cls._nested().items():
             if name in d:
-                d[name] = spec.merge(name, None if base is None else getattr(base, name), d[name])
+                start = defaults[name] if base is None else getattr(base, name)
+                d[name] = spec.merge(name, None if start is dataclasses.MISSING else start, d[name])
         out = cls(**d) if base is None else dataclasses.replace(base, **d)
         return out.validate()
 

@@ -88,7 +88,7 @@ class DREAMConfig(PriorConfig):
     _default_preset = "TINY"
     _checkpoint_key = "dream_config"
 
-    net: DREAMNetsConfig = checked(DREAM_TINY, Nested(DREAMNetsConfig, label="DREAM net"))
+    net: DREAMNetsConfig = checked(DREAM_TINY, Nested(DREAMNetsConfig, unknown="unknown DREAM net keys"))
     n_channels: int = checked(3, Int(1))
     cell_size: int = checked(8, Int(1))
     mask_fraction: float = checked(0.1, Real(0.0, 1.0))

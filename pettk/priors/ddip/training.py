@@ -1,0 +1,77 @@
+"""Pretraining DDIP's score network (:func:`train_ddip`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ...diffusion.train import Trainer, diffusion_loss
+from .config import DDIPConfig
+from .data import DDIPImages
+from .model import DDIP, _EpsHead
+
+__all__ = ["train_ddip"]
+
+
+def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = False, device=None, *,
+               resume: bool = False) -> DDIP:
+    """Pretrain DDIP's score network (ε- or x0-MSE, MR concatenated) on one tracer's images.
+
+    Parameters
+    ----------
+    config : DDIPConfig
+    dataset_root : path or DDIPImages
+        A data set folder built by :func:`pettk.sim.build_dataset` (its ``train`` split's
+        ``truth`` and ``mr`` images; for 2.5D build it with adjacent slices), or training slabs
+        made by :class:`DDIPImages` / :func:`phantom_training_images`.
+    out_dir : path, optional
+        Trainer checkpoints (``checkpoint.safetensors``, resumable) and the model
+        (``ddip.safetensors`` + ``ddip.json``).
+    progress : bool
+    device : torch device, optional (default CPU)
+    resume : bool
+        Continue from ``out_dir/checkpoint.safetensors`` when it exists.
+
+    Returns
+    -------
+    DDIP
+        The prior with the EMA weights (when ``config.ema_decay > 0``) and the loss curve in
+        ``history``.
+    """
+    if not isinstance(config, DDIPConfig):
+        raise TypeError(f"config must be a DDIPConfig, got {type(config).__name__}")
+    config = config.validate()
+    if isinstance(dataset_root, DDIPImages):
+        data = dataset_root
+    elif isinstance(dataset_root, (str, Path)):
+        data = DDIPImages.from_dataset(dataset_root, config)
+    else:
+        raise TypeError(f"dataset_root must be a data set folder or DDIPImages, got {type(dataset_root).__name__}")
+    if data.x.shape[1] != config.slices:
+        raise ValueError(f"the training slabs have {data.x.shape[1]} slices but config.net.in_channels is "
+                         f"{config.slices}")
+    if config.conditional and data.cond is None:
+        raise ValueError("config.net is MR-conditioned but the training slabs have no MR")
+    f = 2 ** (len(config.net.channel_mults) - 1)
+    if data.x.shape[-1] % f or data.x.shape[-2] % f:
+        raise ValueError(f"training images {tuple(data.x.shape[-2:])} must be divisible by {f}")
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    out = None if out_dir is None else Path(out_dir)
+    torch.manual_seed(config.seed)
+    net = config.net.build().to(device)
+    head = _EpsHead(net, config.slices)
+    schedule = config.build_schedule().to(device)
+    loss = diffusion_loss(schedule, key="x", prediction=config.prediction,
+                          cond_key="cond" if config.conditional else None)
+    trainer = Trainer(head, loss, data, config.train_config(), out_dir=out, device=device,
+                      model_config={"ddip_config": config.to_dict()}, progress=progress)
+    if resume and out is None:
+        raise ValueError("resume=True needs an out_dir")
+    trainer.fit(resume=resume)
+    trained = trainer.averaged_model().net.eval()
+    prior = DDIP(config, trained)
+    prior.history = {"loss": list(trainer.history.loss)}
+    if out is not None:
+        prior.save(out / "ddip.safetensors")
+    return prior
