@@ -38,10 +38,11 @@ setup(
         "gpu": ["cupy-cuda12x>=13"],
         "petsird": ["petsird>=0.12"],
         "dask": ["dask[distributed]>=2023.1"],
+        "dicom": ["pydicom>=3.0"],
         # deepinv needs a torchvision built for your torch: install that first (see the README)
         "deepinv": ["deepinv>=0.5"],
         "dev": ["pytest>=7.4", "pytest-benchmark>=4.0", "hypothesis>=6.80", "ruff>=0.4", "petsird>=0.12",
-                "dask[distributed]>=2023.1"],
+                "dask[distributed]>=2023.1", "pydicom>=3.0"],
     },
     entry_points={"console_scripts": ["pettk=pettk.cli:main"]},
     classifiers=[

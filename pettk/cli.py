@@ -23,7 +23,7 @@
     Every ``pettk train`` runs on ``--device`` (default: CUDA when torch sees a GPU, else the CPU).
 ``pettk recon SINOGRAM.npz --output IMAGE.nii.gz [--algorithm ...]``
     Reconstruct a pettk sinogram file (:mod:`pettk.io.sinogram`) with MLEM, OSEM, OSL-MAP, BSREM
-    or FBP and write a NIfTI image.
+    or FBP and write a NIfTI image; ``--dicom DIR`` also writes it as a DICOM PET series.
 ``pettk recon --petsird FILE --output IMAGE.nii.gz [--iterations 3 --subsets 10 ...]``
     Reconstruct a PETSIRD list-mode file with list-mode OSEM (TOF when the file has it).
 ``pettk recon --cohort MANIFEST.csv --output DIR [--scheduler local|ADDRESS]``
@@ -178,6 +178,7 @@ def _recon_petsird(args: argparse.Namespace) -> int:
     output = str(args.output)
     if not (output.endswith(".nii") or output.endswith(".nii.gz")):
         raise SystemExit(f"pettk recon: --output must end in .nii or .nii.gz, got {output!r}")
+    _check_dicom_folder(args)
     try:
         result = reconstruct_petsird(args.petsird, output, n_iter=args.iterations, n_subsets=args.subsets,
                                      chunk_events=args.chunk_events, progress=not args.no_progress,
@@ -188,6 +189,7 @@ def _recon_petsird(args: argparse.Namespace) -> int:
         raise SystemExit(f"pettk recon: {err}") from None
     print(f"pettk recon: list-mode OSEM of {result.n_events} events from {args.petsird} -> {output} "
           f"(shape {tuple(result.grid.shape)}, voxel {result.grid.voxel_size_mm} mm)")
+    _write_dicom(args, result.image, result.grid, "pettk list-mode OSEM")
     return 0
 
 
@@ -197,6 +199,8 @@ def _recon(args: argparse.Namespace) -> int:
     if getattr(args, "cohort", None):
         if args.sinogram is not None or args.petsird:
             raise SystemExit("pettk recon: --cohort takes its studies from the manifest; give no other input")
+        if getattr(args, "dicom", None):
+            raise SystemExit("pettk recon: --dicom writes one study's series; it does not apply to --cohort")
         from .batch import cohort_main
         return cohort_main(args)
     if args.petsird:
@@ -216,6 +220,7 @@ def _recon(args: argparse.Namespace) -> int:
         raise SystemExit(f"pettk recon: --output must end in .nii or .nii.gz, got {output!r}")
     _check_output_file(output)
     _check_numbers(args)
+    _check_dicom_folder(args)
     data = load_sinogram(args.sinogram)
     grid = data.grid
     # build the filters now: a bad FWHM fails here, not after the reconstruction
@@ -252,7 +257,35 @@ def _recon(args: argparse.Namespace) -> int:
         image = recon.post_filter(image, grid, args.post_filter_mm)
     save_nifti(output, np.asarray(image, dtype=np.float32), grid)
     print(f"pettk recon: {args.algorithm} -> {output} (shape {tuple(grid.shape)}, voxel {grid.voxel_size_mm} mm)")
+    _write_dicom(args, np.asarray(image, dtype=np.float32), grid, f"pettk {args.algorithm}")
     return 0
+
+
+def _check_dicom_folder(args: argparse.Namespace) -> None:
+    """``--dicom DIR``: refuse a non-empty folder or a missing pydicom before any work."""
+    if not getattr(args, "dicom", None):
+        return
+    from .io.atomic import check_empty_folder
+    from .io.dicom import DICOM_UNITS, _pydicom
+
+    if args.dicom_units not in DICOM_UNITS:
+        raise SystemExit(f"pettk recon: --dicom-units must be one of {', '.join(DICOM_UNITS)}; "
+                         f"got {args.dicom_units!r}")
+    try:
+        check_empty_folder(Path(args.dicom))
+        _pydicom()
+    except (FileExistsError, ImportError) as err:
+        raise SystemExit(f"pettk recon: --dicom: {err}") from None
+
+
+def _write_dicom(args: argparse.Namespace, image, grid, description: str) -> None:
+    """``--dicom DIR``: write ``image`` (``grid.shape``) as a DICOM PET series into DIR."""
+    if not getattr(args, "dicom", None):
+        return
+    from .io import save_dicom
+
+    files = save_dicom(args.dicom, image, grid, series_description=description, units=args.dicom_units)
+    print(f"pettk recon: DICOM series ({len(files)} slices, units {args.dicom_units}) -> {args.dicom}")
 
 
 def _check_output_file(output: str) -> None:
@@ -613,6 +646,10 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--mu", help="mu-map NIfTI (1/mm) when the file has no attenuation factors")
     rec.add_argument("--window", choices=("ramp", "shepp-logan", "cosine", "hamming", "hann"), default="hann",
                      help="FBP window (default hann)")
+    rec.add_argument("--dicom", metavar="DIR", help="also write a DICOM PET series (one file per slice) into the new "
+                     "or empty folder DIR (needs pydicom: pip install \"pettk[dicom]\")")
+    rec.add_argument("--dicom-units", default="BQML",
+                     help="DICOM Units of the image values (default BQML; e.g. CNTS, PROPCNTS)")
     rec.add_argument("--no-progress", action="store_true", help="no progress bar")
     rec.set_defaults(func=_recon)
     return parser

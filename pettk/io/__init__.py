@@ -4,6 +4,8 @@ argument is checked before anything is written.
 * :func:`save_nifti` / :func:`load_nifti` -- images with the affine of their grid.
 * :func:`save_sinogram` / :func:`load_sinogram` -- ``.npz`` sinograms with geometry metadata.
 * :func:`save_checkpoint` / :func:`load_checkpoint` -- safetensors weights + JSON configuration.
+* :func:`save_dicom` -- a reconstruction as a DICOM PET image series (one file per slice; needs
+  pydicom: ``pip install "pettk[dicom]"``).
 * :class:`PETSIRDFile`, :func:`reconstruct_petsird`, :func:`histogram_petsird` -- PETSIRD list-mode
   raw data (needs the ``petsird`` package: ``pip install "pettk[petsird]"``).
 
@@ -16,11 +18,12 @@ LPS, ...) and, with ``resample=True``, oblique ones.
 
 from .atomic import atomic_path
 from .checkpoint import load_checkpoint, save_checkpoint
+from .dicom import save_dicom
 from .errors import FileFormatError
 from .nifti import load_nifti, save_nifti
 from .petsird import PETSIRDFile, PETSIRDFormatError, histogram_petsird, reconstruct_petsird
 from .sinogram import SinogramFile, load_sinogram, save_sinogram
 
 __all__ = ["atomic_path", "FileFormatError", "load_checkpoint", "save_checkpoint", "load_nifti", "save_nifti",
-           "SinogramFile", "load_sinogram", "save_sinogram", "PETSIRDFile", "PETSIRDFormatError", "histogram_petsird",
-           "reconstruct_petsird"]
+           "save_dicom", "SinogramFile", "load_sinogram", "save_sinogram", "PETSIRDFile", "PETSIRDFormatError",
+           "histogram_petsird", "reconstruct_petsird"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -32,4 +33,39 @@ def atomic_path(path, suffix: str | None = None):
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
+        raise
+
+
+def check_empty_folder(target) -> None:
+    """Raise :class:`FileExistsError` unless ``target`` is missing or an empty folder."""
+    target = Path(target)
+    if target.is_dir():
+        if any(target.iterdir()):
+            raise FileExistsError(f"{target} is a folder that is not empty; give a new (or empty) folder")
+    elif target.exists() or target.is_symlink():
+        raise FileExistsError(f"{target} exists and is not a folder; give a new (or empty) folder")
+
+
+@contextlib.contextmanager
+def atomic_folder(path):
+    """Yield a temporary folder next to ``path``; on success rename it onto ``path``.
+
+    ``path`` must be missing or an empty folder (checked again just before the rename:
+    :class:`FileExistsError` otherwise). On error the temporary folder is removed with everything
+    in it and ``path`` is left as it was, so a reader never sees a partly written folder.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        yield tmp
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o777 & ~umask)  # mkdtemp creates 0700; give what mkdir would
+        check_empty_folder(target)
+        if target.is_dir():
+            target.rmdir()
+        os.rename(tmp, target)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
         raise
