@@ -20,7 +20,12 @@ One interface per kind (DESIGN.md):
     an EM reconstruction by decomposed diffusion sampling (Singh et al. 2024): :class:`PETDDS`,
     :class:`PETDDSConfig`.
 
-:mod:`.base` holds the interface and the reconstruction helpers shared by the restorers.
+:mod:`.base` holds the interface and the reconstruction helpers shared by the restorers. Each method
+is a package of modules of one job (``config``, data, model, ``training``) built on three shared
+pieces: :mod:`._config` (:class:`~pettk.priors._config.PriorConfig`: configurations declared as
+frozen dataclasses with per-field specs, validated and (de)serialised in one place), :mod:`._data`
+(data set manifest, one split's slices, in-memory tensor pairs) and :mod:`._checkpoint` (several
+named networks in one checkpoint, the method checked on load).
 """
 
 from .base import RECON_METHODS, ImagePrior, SinogramRestorer, dataset_forward_model, reconstruct
