@@ -3,7 +3,8 @@
 Four subjects of :func:`pettk.sim.brain_phantom_v2` on a 128 × 128 × 90 grid of 2 mm voxels
 (supersampled 3 × 3 × 3): an FDG subject with six lesions, an amyloid-positive and an
 amyloid-negative subject, and an FDG subject of the out-of-family ``"shifted"`` test family
-(tighter, deeper folds, thicker cortex, lower grey/white contrast, other MR statistics). For each, three rows (activity, attenuation, MR) and five columns: axial
+(tighter, deeper folds, thicker cortex, lower grey/white contrast, other MR statistics). For
+each, three rows (activity, attenuation, MR) and five columns: axial
 slices at the centrum semiovale, the basal ganglia and the cerebellum, then a coronal and a
 sagittal cut, all through the subject's own head frame (each subject has its own size, position
 and pose). Cyan outlines: PET lesions (those drawn on the MR row are visible in the MR too);

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import torch
 
-__all__ = ["TensorPairs", "read_manifest", "load_split"]
+__all__ = ["TensorPairs", "read_manifest", "load_split", "sinogram_pairs"]
 
 
 class TensorPairs(torch.utils.data.Dataset):
@@ -59,3 +59,26 @@ def load_split(root, split: str, drf: float | None, normalisation: str = "none")
     if len(ds) == 0:
         raise ValueError(f"the data set at {Path(root)} has no '{split}' slices")
     return [ds[i] for i in range(len(ds))], manifest
+
+
+def sinogram_pairs(dataset, drf: float, normalisation: str, method: str):
+    """The training source of a sinogram restorer: ``dataset`` (a data set folder, opened as its
+    ``train`` split with ``normalisation``, or any dataset of ``{"low", "full"}`` dicts), checked
+    to serve ``drf`` with ``normalisation`` and to be non-empty."""
+    import math
+
+    from ..sim.datasets import SliceDataset
+
+    if isinstance(dataset, (str, Path)):
+        dataset = SliceDataset(dataset, "train", drf, normalisation)
+    if isinstance(dataset, SliceDataset):
+        if dataset.normalisation != normalisation:
+            raise ValueError(f"dataset must use normalisation={normalisation!r}, got {dataset.normalisation!r}")
+        if not math.isclose(dataset.drf, float(drf)):
+            raise ValueError(f"dataset serves DRF {dataset.drf:g} but config.drf is {drf:g}")
+    if len(dataset) == 0:
+        raise ValueError("dataset is empty")
+    first = dataset[0]
+    if not isinstance(first, dict) or "low" not in first or "full" not in first:
+        raise ValueError(f"dataset items must be dicts with {method}-normalised 'low' and 'full' sinograms")
+    return dataset

@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import copy
-import math
 from pathlib import Path
 
 import torch
@@ -13,6 +12,7 @@ from torch import nn
 
 from ...diffusion.schedules import NoiseSchedule
 from ...diffusion.train import Trainer
+from .._data import sinogram_pairs
 from .config import DREAMConfig
 from .masks import block_masks, curriculum_stage, make_block, pad_plane, plane_shape, random_crop
 from .model import DREAM
@@ -47,21 +47,7 @@ class _Pairs(torch.utils.data.Dataset):
 
 
 def _training_pairs(config: DREAMConfig, dataset) -> _Pairs:
-    from ...sim.datasets import SliceDataset
-
-    if isinstance(dataset, (str, Path)):
-        dataset = SliceDataset(dataset, "train", config.drf, "dream")
-    if isinstance(dataset, SliceDataset):
-        if dataset.normalisation != "dream":
-            raise ValueError(f"dataset must use normalisation='dream', got {dataset.normalisation!r}")
-        if not math.isclose(dataset.drf, float(config.drf)):
-            raise ValueError(f"dataset serves DRF {dataset.drf:g} but config.drf is {config.drf:g}")
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty")
-    first = dataset[0]
-    if not isinstance(first, dict) or "low" not in first or "full" not in first:
-        raise ValueError("dataset items must be dicts with DREAM-normalised 'low' and 'full' sinograms")
-    return _Pairs(dataset, config.pad_mode)
+    return _Pairs(sinogram_pairs(dataset, config.drf, "dream", "DREAM"), config.pad_mode)
 
 
 class _Clock:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import torch
 
 from ...diffusion.train import Trainer
+from .._data import sinogram_pairs
 from .config import REDConfig
 from .losses import dcn_loss, ren_loss
 from .model import RED
@@ -35,21 +35,7 @@ class _Pairs(torch.utils.data.Dataset):
 
 
 def _training_pairs(config: REDConfig, dataset):
-    from ...sim.datasets import SliceDataset
-
-    if isinstance(dataset, (str, Path)):
-        dataset = SliceDataset(dataset, "train", config.drf, "red")
-    if isinstance(dataset, SliceDataset):
-        if dataset.normalisation != "red":
-            raise ValueError(f"dataset must use normalisation='red', got {dataset.normalisation!r}")
-        if not math.isclose(dataset.drf, float(config.drf)):
-            raise ValueError(f"dataset serves DRF {dataset.drf:g} but config.drf is {config.drf:g}")
-    if len(dataset) == 0:
-        raise ValueError("dataset is empty")
-    first = dataset[0]
-    if not isinstance(first, dict) or "low" not in first or "full" not in first:
-        raise ValueError("dataset items must be dicts with RED-normalised 'low' and 'full' sinograms")
-    return _Pairs(dataset)
+    return _Pairs(sinogram_pairs(dataset, config.drf, "red", "RED"))
 
 
 def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, device=None) -> RED:
