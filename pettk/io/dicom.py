@@ -43,6 +43,7 @@ from .._version import __version__
 from ..geometry import ImageGrid
 from .atomic import atomic_folder, check_empty_folder
 from .errors import as_path
+from .nifti import image_array
 
 __all__ = ["save_dicom", "DICOM_UNITS"]
 
@@ -158,14 +159,7 @@ def save_dicom(folder, image, grid: ImageGrid, *, series_description: str = "pet
     if not isinstance(grid, ImageGrid):
         raise TypeError(f"grid must be an ImageGrid, got {type(grid).__name__}")
     target = as_path(folder, "folder")
-    if hasattr(image, "detach"):
-        image = image.detach().cpu()
-    try:
-        data = np.asarray(image)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"image must be a numpy array or a torch tensor, got {type(image).__name__}") from exc
-    if data.shape != tuple(grid.shape):
-        raise ValueError(f"image must have shape {tuple(grid.shape)}, got {data.shape}")
+    data = image_array(image, grid)
     if data.dtype.kind not in "iuf":
         raise TypeError(f"image must hold real numbers (an integer or float type), got dtype {data.dtype}")
     if data.dtype.kind == "f" and not np.all(np.isfinite(data)):

@@ -64,14 +64,7 @@ def save_nifti(path, image, grid: ImageGrid, *, allow_nonfinite: bool = False) -
     name = str(target)
     if not (name.endswith(".nii") or name.endswith(".nii.gz")):
         raise ValueError(f"path must end in .nii or .nii.gz, got {name!r}")
-    if hasattr(image, "detach"):
-        image = image.detach().cpu()
-    try:
-        data = np.asarray(image)
-    except (TypeError, ValueError, RuntimeError) as exc:
-        raise TypeError(f"image must be a numpy array or a torch tensor, got {type(image).__name__}") from exc
-    if data.shape != tuple(grid.shape):
-        raise ValueError(f"image must have shape {tuple(grid.shape)}, got {data.shape}")
+    data = image_array(image, grid)
     if data.dtype == np.float16:
         data = data.astype(np.float32)  # NIfTI-1 has no float16; float32 holds every float16 exactly
     if not any(data.dtype == np.dtype(t) for t in _NIFTI_DTYPES):
@@ -219,6 +212,20 @@ def check_finite_image(data: np.ndarray, what: str) -> None:
     raise ValueError(f"{what}: the image holds {n_nan} NaN and {n_inf} infinite voxel(s) of {data.size} (first at "
                      f"index {first}); fix the computation that produced them, or pass allow_nonfinite=True to "
                      "write them anyway")
+
+
+def image_array(image, grid: ImageGrid) -> np.ndarray:
+    """``image`` (numpy array or torch tensor, any device) as a numpy array of ``grid.shape``;
+    ``TypeError``/``ValueError`` otherwise (shared by the NIfTI and DICOM writers)."""
+    if hasattr(image, "detach"):
+        image = image.detach().cpu()
+    try:
+        data = np.asarray(image)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise TypeError(f"image must be a numpy array or a torch tensor, got {type(image).__name__}") from exc
+    if data.shape != tuple(grid.shape):
+        raise ValueError(f"image must have shape {tuple(grid.shape)}, got {data.shape}")
+    return data
 
 
 def check_affine(affine: np.ndarray, where) -> np.ndarray:

@@ -25,6 +25,7 @@ error names the field, the value received and what was expected.
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
@@ -44,7 +45,9 @@ def is_real(v) -> bool:
     return isinstance(v, numbers.Real) and not isinstance(v, bool) and math.isfinite(float(v))
 
 
-class _Spec:
+class _Spec(abc.ABC):
+    """How one configuration field is checked: ``spec(name, value)`` raises naming ``name``."""
+
     optional = False
 
     def __call__(self, name: str, value) -> None:
@@ -52,8 +55,9 @@ class _Spec:
             return
         self.check(name, value)
 
-    def check(self, name: str, value) -> None:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def check(self, name: str, value) -> None:
+        """Raise ``ValueError``/``TypeError`` naming ``name`` when ``value`` is not allowed."""
 
 
 class Int(_Spec):
