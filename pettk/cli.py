@@ -485,6 +485,17 @@ def _train_prior(args: argparse.Namespace) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """Turn SIGTERM (a session or job scheduler ending the run) into KeyboardInterrupt, so that the
+    trainer writes its checkpoint before exiting (resume with ``--resume``)."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
 def _train(args: argparse.Namespace) -> int:
     import time
 
@@ -513,6 +524,7 @@ def _train(args: argparse.Namespace) -> int:
     device = _train_device(args)
     start = time.perf_counter()
     limit = None if args.max_minutes is None else 60.0 * args.max_minutes
+    _stop_on_sigterm()
     _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
                                                       resume=args.resume, device=device, time_limit_s=limit)
     print(f"pettk train {args.kind}: step {trainer.step} of {config['train']['steps']} on {device} in "

@@ -70,6 +70,22 @@ def test_resume_continues_the_same_loss_curve(tmp_path):
     np.testing.assert_allclose(history.loss, full.loss, rtol=1e-6, atol=1e-7)
 
 
+def test_interrupted_training_keeps_its_steps(tmp_path):
+    """Ctrl-C / SIGTERM (pettk train maps it to KeyboardInterrupt) saves the checkpoint before exiting."""
+    def interrupting_loss(model, batch, generator, part):
+        if trainer.step == 7:
+            raise KeyboardInterrupt
+        return noisy_loss(model, batch, generator, part)
+
+    trainer = Trainer(make_model(), interrupting_loss, Pairs(), config(checkpoint_every=0), out_dir=tmp_path,
+                      progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        trainer.fit()
+    assert json.loads((tmp_path / "checkpoint.json").read_text())["step"] == 7
+    resumed = Trainer(make_model(seed=5), noisy_loss, Pairs(), config(), out_dir=tmp_path, progress=False)
+    assert resumed.fit(resume=True).step == list(range(1, 41))  # steps 1-7 kept, 8-40 added
+
+
 def test_checkpoint_load_gives_identical_outputs(tmp_path):
     trainer = Trainer(make_model(), noisy_loss, Pairs(), config(steps=10), out_dir=tmp_path, progress=False)
     trainer.fit()

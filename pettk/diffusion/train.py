@@ -305,6 +305,10 @@ class Trainer:
                     self.history.val.append((self.step, self.validate()))
                 if cfg.checkpoint_every and self.out_dir is not None and self.step % cfg.checkpoint_every == 0:
                     self.save(self.out_dir / "checkpoint.safetensors")
+        except KeyboardInterrupt:  # Ctrl-C or SIGTERM (see pettk train): keep the steps done so far
+            if self.out_dir is not None:
+                self.save(self.out_dir / "checkpoint.safetensors")
+            raise
         finally:
             bar.close()
         if self.out_dir is not None:
