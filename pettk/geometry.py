@@ -217,7 +217,9 @@ class TOFParams:
     ``[edge0 + b * w, edge0 + (b + 1) * w]`` with ``edge0 = -n_bins * w / 2``. A sample at ``t``
     adds to bin ``b`` the integral of the normalised Gaussian ``N(t, sigma^2)`` over that bin
     (a difference of two ``erf``), so the weights over all bins sum to ``erf(n_sigmas/sqrt 2)`` or
-    more (0.9973 for 3 sigmas) when the bins cover ``t +- n_sigmas * sigma``.
+    more (0.9973 for 3 sigmas) when the bins cover ``t +- n_sigmas * sigma``. Bins need not cover
+    every LOR's path through the image: the Gaussian mass outside them is dropped (see
+    :class:`~pettk.projector.Projector`, which warns once with the numbers).
     """
 
     __slots__ = ("fwhm_mm", "n_bins", "bin_width_mm", "n_sigmas")

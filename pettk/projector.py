@@ -33,6 +33,8 @@ IEEE Trans. Med. Imaging 1(3), 192-196 (1982).
 from __future__ import annotations
 
 import math
+import warnings
+import weakref
 
 import numpy as np
 import torch
@@ -42,10 +44,18 @@ from ._validation import as_positive_int
 from .backends import _joseph_cpu
 from .geometry import ImageGrid, LORList, ParallelBeam2D, SinogramLayout, SinogramLayout2D, TOFParams
 
-__all__ = ["Projector"]
+__all__ = ["Projector", "TOFCoverageWarning"]
 
 _FLOAT_DTYPES = (torch.float32, torch.float64)
 _GEOMETRIES = (SinogramLayout, SinogramLayout2D, ParallelBeam2D, LORList)
+
+
+class TOFCoverageWarning(UserWarning):
+    """TOF bins that do not cover every LOR's path through the image: the rest is dropped."""
+
+
+# geometry -> {(grid, tof)} already warned about, so subsets and repeated projectors warn once
+_TOF_WARNED: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
 
 class _Project(torch.autograd.Function):
@@ -78,7 +88,10 @@ class Projector:
     tof : TOFParams, optional
         Time of flight. With a sinogram geometry the output gains a last axis of ``tof.n_bins``
         TOF bins; with a :class:`LORList` carrying ``tof_bin`` every event is projected into its
-        own TOF bin (list-mode TOF). The bins must cover every LOR's path through the image.
+        own TOF bin (list-mode TOF). The bins need not cover every LOR's whole path through the
+        image (real scanners' TOF windows often miss the image corners): contributions that fall
+        outside the bins are dropped, as in the detector, and a :class:`TOFCoverageWarning` says
+        how far the path reaches beyond them (once per geometry, grid and ``tof``).
     views : slice or sequence of int, optional
         Restrict the projector to these views (list mode: these events). :meth:`subsets` builds
         such projectors; ``None`` keeps all of them.
@@ -274,18 +287,24 @@ def _check_finite(name: str, tensor: torch.Tensor) -> None:
 
 
 def _check_tof(grid: ImageGrid, geometry, tables, tof: TOFParams) -> None:
-    """TOF parameters must fit the geometry: list-mode bins in range, bins covering the image."""
+    """List-mode bins must be in range; bins that miss part of the image are warned about once."""
     if isinstance(geometry, LORList):
         if tables.tof_bin is None:
             raise ValueError("list-mode TOF needs the TOF bin of every event: LORList(start_mm, end_mm, tof_bin=...)")
         if tables.tof_bin.size and tables.tof_bin.max() >= tof.n_bins:
             raise ValueError(f"LORList.tof_bin must be < tof.n_bins = {tof.n_bins}, got {int(tables.tof_bin.max())}")
+    half = 0.5 * tof.coverage_mm
+    warned = _TOF_WARNED.setdefault(geometry, set())
+    if (grid, tof) in warned:
+        return
     reach = _joseph_cpu.max_sample_offset_mm(grid, tables)
-    if reach > 0.5 * tof.coverage_mm * (1 + 1e-9):
-        raise ValueError(
-            f"TOF bins cover +-{0.5 * tof.coverage_mm:.4g} mm around each LOR's midpoint (n_bins={tof.n_bins} x "
+    if reach > half * (1 + 1e-9):
+        warned.add((grid, tof))
+        warnings.warn(
+            f"TOF bins cover +-{half:.4g} mm around each LOR's midpoint (n_bins={tof.n_bins} x "
             f"bin_width_mm={tof.bin_width_mm:g}) but LORs cross the image up to {reach:.4g} mm from their "
-            f"midpoint; use n_bins * bin_width_mm >= {2 * reach:.4g}")
+            f"midpoint, {reach - half:.4g} mm beyond the last bin: contributions outside the bins are dropped "
+            f"(n_bins * bin_width_mm >= {2 * reach:.4g} covers the whole image)", TOFCoverageWarning, stacklevel=3)
 
 
 def _check_parallel_beam_covers(grid: ImageGrid, geometry: ParallelBeam2D) -> None:

@@ -111,12 +111,6 @@ def test_point_source_tof_profile_peaks_in_its_bin():
         assert np.all(profile.argmax(axis=1) == expected_bin)
 
 
-def test_tof_bins_must_cover_the_image(tiny):
-    expected = r"TOF bins cover \+-10 mm around each LOR's midpoint .* use n_bins \* bin_width_mm >="
-    with pytest.raises(ValueError, match=expected):
-        pettk.Projector(tiny.grid, tiny.layout, tof=TOFParams(fwhm_mm=20.0, n_bins=2, bin_width_mm=10.0))
-
-
 def test_list_mode_tof_needs_valid_bins(tiny, tof_tiny):
     start = np.array([[-50.0, 0.0, 0.0]])
     end = np.array([[50.0, 1.0, 0.0]])
