@@ -30,8 +30,9 @@ towards the end). PETSIRD TOF bins must have equal widths on a grid centred on 0
 half a bin); pettk's :class:`TOFParams` gets extra empty bins where needed so that its bins cover
 every LOR, and ``EventChunk.tof_bin`` holds the bin in that grid. A detection bin is
 ``energy + (element + module * n_elements) * n_energy_bins``. Not modelled: gantry alignment and
-bed or gantry motion (a warning says when a file has them), dead time, singles and delayed
-coincidences (readable with ``kind="delayed"`` but not used as a randoms estimate).
+bed or gantry motion (a warning says when a file has them), dead time and singles. Delayed
+coincidences are read with ``kind="delayed"`` (``histogram_petsird(..., kind="delayed")``) and
+turned into a randoms estimate by :func:`pettk.corrections.randoms_from_delayeds`.
 """
 
 from __future__ import annotations
@@ -1068,8 +1069,8 @@ class PETSIRDListMode:
 # Histogramming
 # --------------------------------------------------------------------------------------------
 def histogram_petsird(source, layout: SinogramLayout | None = None, *, chunk_events: int = DEFAULT_CHUNK_EVENTS,
-                      dtype=np.float32):
-    """Histogram the prompts of a regular-polygon PETSIRD scanner into a pettk sinogram.
+                      dtype=np.float32, kind: str = "prompt"):
+    """Histogram the prompts (or the delayeds) of a regular-polygon PETSIRD scanner into a pettk sinogram.
 
     Parameters
     ----------
@@ -1077,6 +1078,8 @@ def histogram_petsird(source, layout: SinogramLayout | None = None, *, chunk_eve
     layout : SinogramLayout, optional
         Default: ``SinogramLayout(fitted_scanner)`` (no radial trim, every ring difference). A
         given layout must be on the fitted scanner (same crystal positions).
+    kind : {"prompt", "delayed"}
+        Which coincidences; ``"delayed"`` raises ``ValueError`` when the file holds none.
 
     Returns
     -------
@@ -1128,7 +1131,7 @@ def histogram_petsird(source, layout: SinogramLayout | None = None, *, chunk_eve
         n_tv = layout.n_views * layout.n_radial
         counts = np.zeros(layout.n_lors * n_bins, dtype=np.float64)
         dropped = 0
-        for chunk in f.events(chunk_events):
+        for chunk in f.events(chunk_events, kind):
             d0, d1 = chunk.detectors[:, 0], chunk.detectors[:, 1]
             s = swap[crystal[d0], crystal[d1]]
             r_start = np.where(s, ring[d1], ring[d0])
@@ -1142,6 +1145,8 @@ def histogram_petsird(source, layout: SinogramLayout | None = None, *, chunk_eve
                 b = chunk.tof_bin[good]
                 lor = lor * n_bins + np.where(s[good], n_bins - 1 - b, b)
             counts += np.bincount(lor, minlength=counts.size)
+        if kind == "delayed" and f.stats["events_read"] == 0:
+            raise ValueError(f"{f.path} holds no delayed coincidences (kind='delayed' was asked for)")
         if dropped:
             log.info("%s: %d events are on LORs outside the sinogram layout", f.path, dropped)
         # efficiency of every sinogram bin, plane by plane
@@ -1248,8 +1253,8 @@ def reconstruct_petsird(path, out_nifti, grid: ImageGrid | None = None, n_iter: 
 # Writing and simulating (tests, examples, converters)
 # --------------------------------------------------------------------------------------------
 def write_petsird(path, header, events: dict, *, n_time_blocks: int = 1, format: str = "binary",
-                  block_ms: int = 1) -> Path:
-    """Write a PETSIRD file of prompt coincidences through petsird's writer, atomically.
+                  block_ms: int = 1, delayed_events: dict | None = None) -> Path:
+    """Write a PETSIRD file of prompt (and delayed) coincidences through petsird's writer, atomically.
 
     Parameters
     ----------
@@ -1261,35 +1266,47 @@ def write_petsird(path, header, events: dict, *, n_time_blocks: int = 1, format:
     n_time_blocks : int
         The events of every pair are split evenly over this many time blocks of ``block_ms``.
     format : {"binary", "ndjson"}
+    delayed_events : dict, optional
+        Delayed coincidences, in the same form as ``events``.
     """
     petsird = _petsird()
     if format not in ("binary", "ndjson"):
         raise ValueError(f"format must be 'binary' or 'ndjson', got {format!r}")
     n_time_blocks = as_positive_int("n_time_blocks", n_time_blocks)
     n_types = len(header.scanner.scanner_geometry.replicated_modules)
-    arrays = {}
-    for key, (bins, tof) in events.items():
-        t0, t1 = (int(k) for k in key)
-        if not 0 <= t1 <= t0 < n_types:
-            raise ValueError(f"event keys must be module-type pairs (t0, t1) with t0 >= t1 < {n_types}, got {key!r}")
-        bins = np.asarray(bins, dtype=np.int64).reshape(-1, 2)
-        tof = np.asarray(tof, dtype=np.int64).reshape(-1)
-        if tof.shape[0] != bins.shape[0]:
-            raise ValueError(f"events {key}: {bins.shape[0]} detection-bin pairs but {tof.shape[0]} TOF indices")
-        if bins.size and (bins.min() < 0 or tof.min() < 0):
-            raise ValueError(f"events {key}: detection bins and TOF indices must be >= 0")
-        arrays[(t0, t1)] = (bins, tof)
+    def checked(name: str, given: dict) -> dict:
+        arrays = {}
+        for key, (bins, tof) in given.items():
+            t0, t1 = (int(k) for k in key)
+            if not 0 <= t1 <= t0 < n_types:
+                raise ValueError(f"{name} keys must be module-type pairs (t0, t1) with t0 >= t1 < {n_types}, "
+                                 f"got {key!r}")
+            bins = np.asarray(bins, dtype=np.int64).reshape(-1, 2)
+            tof = np.asarray(tof, dtype=np.int64).reshape(-1)
+            if tof.shape[0] != bins.shape[0]:
+                raise ValueError(f"{name} {key}: {bins.shape[0]} detection-bin pairs but {tof.shape[0]} TOF indices")
+            if bins.size and (bins.min() < 0 or tof.min() < 0):
+                raise ValueError(f"{name} {key}: detection bins and TOF indices must be >= 0")
+            arrays[(t0, t1)] = (bins, tof)
+        return arrays
+
+    arrays = checked("events", events)
+    delayed = checked("delayed_events", delayed_events or {})
+
+    def block_lists(given: dict, k: int) -> list:
+        lists = [[[] for _ in range(t0 + 1)] for t0 in range(n_types)]
+        for (t0, t1), (bins, tof) in given.items():
+            lo, hi = (bins.shape[0] * k) // n_time_blocks, (bins.shape[0] * (k + 1)) // n_time_blocks
+            lists[t0][t1] = [petsird.CoincidenceEvent(detection_bins=[int(a), int(b)], tof_idx=int(c))
+                             for (a, b), c in zip(bins[lo:hi].tolist(), tof[lo:hi].tolist())]
+        return lists
 
     def blocks():
         for k in range(n_time_blocks):
-            prompts = [[[] for _ in range(t0 + 1)] for t0 in range(n_types)]
-            for (t0, t1), (bins, tof) in arrays.items():
-                lo, hi = (bins.shape[0] * k) // n_time_blocks, (bins.shape[0] * (k + 1)) // n_time_blocks
-                prompts[t0][t1] = [petsird.CoincidenceEvent(detection_bins=[int(a), int(b)], tof_idx=int(c))
-                                   for (a, b), c in zip(bins[lo:hi].tolist(), tof[lo:hi].tolist())]
             interval = petsird.TimeInterval(start=k * block_ms, stop=(k + 1) * block_ms)
-            yield petsird.TimeBlock.EventTimeBlock(petsird.EventTimeBlock(time_interval=interval,
-                                                                           prompt_events=prompts))
+            extra = {"delayed_events": block_lists(delayed, k)} if delayed else {}
+            yield petsird.TimeBlock.EventTimeBlock(petsird.EventTimeBlock(
+                time_interval=interval, prompt_events=block_lists(arrays, k), **extra))
 
     writer_cls = petsird.BinaryPETSIRDWriter if format == "binary" else petsird.NDJsonPETSIRDWriter
     with atomic_path(path) as tmp:
