@@ -20,7 +20,9 @@
     Train an image diffusion model on a data set (resumable with ``--resume``).
 ``pettk train red|dream|ddip|legopet --data DIR --output DIR [--preset tiny|gpu|full] [--config FILE.json]``
     Train a prior (presets of METHODS.md; ``--config`` overrides, see each prior's ``from_json``).
-    Every ``pettk train`` runs on ``--device`` (default: CUDA when torch sees a GPU, else the CPU).
+    Every ``pettk train`` runs on ``--device`` (default: CUDA when torch sees a GPU, else the CPU), and
+    in chunks: ``--max-minutes M`` stops after M minutes with the checkpoints written (exit status 75
+    when training is not finished), ``--resume`` continues; SIGTERM and Ctrl-C also keep the steps done.
 ``pettk recon SINOGRAM.npz --output IMAGE.nii.gz [--algorithm ...]``
     Reconstruct a pettk sinogram file (:mod:`pettk.io.sinogram`) with MLEM, OSEM, OSL-MAP, BSREM
     or FBP and write a NIfTI image; ``--dicom DIR`` also writes it as a DICOM PET series.
@@ -33,6 +35,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -447,10 +450,12 @@ def _train_red(args: argparse.Namespace) -> int:
         raise SystemExit("pettk train red: --data must name a data set folder (built by `pettk simulate`)")
     device = _train_device(args)
     start = time.perf_counter()
-    train_red(config, args.data, out_dir=args.output, progress=not args.no_progress, device=device)
-    print(f"pettk train red: DRF {config.drf:g}, {config.ren_steps} REN + {config.dcn_steps} DCN steps on {device} in "
-          f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'red.safetensors'}")
-    return 0
+    with _chunk_of_training(args) as chunk:
+        train_red(config, args.data, out_dir=args.output, progress=not args.no_progress, device=device,
+                  resume=args.resume, time_limit_s=chunk.time_limit_s)
+        print(f"pettk train red: DRF {config.drf:g}, {config.ren_steps} REN + {config.dcn_steps} DCN steps on {device} "
+              f"in {time.perf_counter() - start:.1f} s -> {Path(args.output) / 'red.safetensors'}")
+    return chunk.status
 
 
 #: ``pettk train KIND``: module, configuration class, training function, checkpoint name.
@@ -466,9 +471,9 @@ def _train_prior(args: argparse.Namespace) -> int:
     module_name, config_name, train_name, file_name = PRIOR_TRAINERS[args.kind]
     module = importlib.import_module(module_name)
     config_cls = getattr(module, config_name)
-    if args.steps or args.drf or args.resume:
-        raise SystemExit(f"pettk train {args.kind}: set steps and DRF in --config (a JSON file); --steps, --drf "
-                         "and --resume are for diffusion/red")
+    if args.steps or args.drf:
+        raise SystemExit(f"pettk train {args.kind}: set steps and DRF in --config (a JSON file); --steps and --drf "
+                         "are for diffusion/red")
     try:
         config = config_cls.from_json(args.config) if args.config else getattr(config_cls, args.preset.upper())
         config = config.validate()
@@ -478,22 +483,49 @@ def _train_prior(args: argparse.Namespace) -> int:
         raise SystemExit(f"pettk train {args.kind}: --data must name a data set folder (built by `pettk simulate`)")
     device = _train_device(args)
     start = time.perf_counter()
-    model = getattr(module, train_name)(config, args.data, out_dir=args.output, progress=not args.no_progress,
-                                        device=device)
-    path = model.save(Path(args.output) / file_name)
-    print(f"pettk train {args.kind}: on {device} in {time.perf_counter() - start:.1f} s -> {path}")
-    return 0
+    with _chunk_of_training(args) as chunk:
+        model = getattr(module, train_name)(config, args.data, out_dir=args.output, progress=not args.no_progress,
+                                            device=device, resume=args.resume, time_limit_s=chunk.time_limit_s)
+        path = model.save(Path(args.output) / file_name)
+        print(f"pettk train {args.kind}: on {device} in {time.perf_counter() - start:.1f} s -> {path}")
+    return chunk.status
 
 
-def _stop_on_sigterm() -> None:
-    """Turn SIGTERM (a session or job scheduler ending the run) into KeyboardInterrupt, so that the
-    trainer writes its checkpoint before exiting (resume with ``--resume``)."""
-    import signal
+#: Exit status of ``pettk train`` when a ``--max-minutes`` chunk ended before training finished
+#: (sysexits' EX_TEMPFAIL: run the same command with ``--resume`` to continue).
+EXIT_CHUNK_ENDED = 75
 
-    def interrupt(signum, frame):
-        raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, interrupt)
+class _chunk_of_training:
+    """``with _chunk_of_training(args) as chunk:`` around one ``pettk train`` run: SIGTERM (a session or
+    job scheduler ending the run) becomes KeyboardInterrupt, so the trainer writes its checkpoint
+    before exiting; ``chunk.time_limit_s`` is ``--max-minutes`` in seconds; a
+    :class:`~pettk.diffusion.TrainingIncomplete` is reported in one line and ``chunk.status`` becomes
+    :data:`EXIT_CHUNK_ENDED`."""
+
+    def __init__(self, args: argparse.Namespace):
+        self.kind = args.kind
+        self.time_limit_s = None if args.max_minutes is None else 60.0 * args.max_minutes
+        self.status = 0
+
+    def __enter__(self):
+        import signal
+
+        def interrupt(signum, frame):
+            raise KeyboardInterrupt(f"signal {signum}")
+
+        signal.signal(signal.SIGTERM, interrupt)
+        return self
+
+    def __exit__(self, kind, error, traceback):
+        from .diffusion import TrainingIncomplete
+
+        if isinstance(error, TrainingIncomplete):
+            print(f"pettk train {self.kind}: chunk ended in stage {error.stage} at step {error.step} of {error.steps}; "
+                  f"checkpoint {error.checkpoint}: run the same command with --resume to continue")
+            self.status = EXIT_CHUNK_ENDED
+            return True
+        return False
 
 
 def _train(args: argparse.Namespace) -> int:
@@ -501,9 +533,8 @@ def _train(args: argparse.Namespace) -> int:
 
     from .diffusion import image_model
 
-    if args.max_minutes is not None and (args.kind != "diffusion" or not args.max_minutes > 0):
-        raise SystemExit("pettk train: --max-minutes takes a positive number of minutes and is for diffusion, got "
-                         f"{args.max_minutes} for {args.kind}")
+    if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
+        raise SystemExit(f"pettk train: --max-minutes takes a positive number of minutes, got {args.max_minutes}")
     if args.kind == "red":
         return _train_red(args)
     if args.kind in PRIOR_TRAINERS:
@@ -523,13 +554,15 @@ def _train(args: argparse.Namespace) -> int:
         config["train"]["steps"] = args.steps
     device = _train_device(args)
     start = time.perf_counter()
-    limit = None if args.max_minutes is None else 60.0 * args.max_minutes
-    _stop_on_sigterm()
-    _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
-                                                      resume=args.resume, device=device, time_limit_s=limit)
-    print(f"pettk train {args.kind}: step {trainer.step} of {config['train']['steps']} on {device} in "
-          f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'model.safetensors'}")
-    return 0
+    with _chunk_of_training(args) as chunk:
+        _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
+                                                          resume=args.resume, device=device,
+                                                          time_limit_s=chunk.time_limit_s)
+    steps = config["train"]["steps"]
+    print(f"pettk train {args.kind}: step {trainer.step} of {steps} on {device} in "
+          f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'model.safetensors'}"
+          + ("" if trainer.step >= steps else " (chunk ended: run the same command with --resume to continue)"))
+    return chunk.status if trainer.step >= steps else EXIT_CHUNK_ENDED
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -626,7 +659,8 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=_positive_int, help="override the number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
     tr.add_argument("--max-minutes", type=float, metavar="M",
-                    help="diffusion: stop after M minutes (a chunk of a long run; continue with --resume)")
+                    help="stop after M minutes, checkpoints written (a chunk of a long run; exit status 75 when "
+                         "training is not finished: continue with --resume)")
     tr.add_argument("--device", default="auto",
                     help="torch device to train on (default auto: cuda when torch sees a GPU, else cpu)")
     tr.add_argument("--no-progress", action="store_true")

@@ -170,7 +170,7 @@ def test_simulate_then_train_diffusion(tmp_path):
     config.write_text(json.dumps({"train": {"batch_size": 4, "checkpoint_every": 5}, "data": {"augment": "default"}}))
     chunk = tmp_path / "chunk"
     assert main(["train", "diffusion", "--data", str(data), "--config", str(config), "--steps", "400",
-                 "--output", str(chunk), "--max-minutes", "0.002", "--no-progress"]) == 0
+                 "--output", str(chunk), "--max-minutes", "0.002", "--no-progress"]) == 75  # EX_TEMPFAIL
     from pettk.io.checkpoint import load_checkpoint
 
     _, meta = load_checkpoint(chunk / "model.safetensors")
@@ -178,8 +178,8 @@ def test_simulate_then_train_diffusion(tmp_path):
     assert main(["train", "diffusion", "--data", str(data), "--config", str(config), "--steps", str(meta["step"] + 2),
                  "--output", str(chunk), "--resume", "--no-progress"]) == 0
     assert json.loads((chunk / "checkpoint.json").read_text())["step"] == meta["step"] + 2
-    with pytest.raises(SystemExit, match="--max-minutes takes a positive number of minutes and is for diffusion"):
-        main(["train", "red", "--data", str(data), "--output", str(out), "--max-minutes", "5"])
+    with pytest.raises(SystemExit, match="--max-minutes takes a positive number of minutes, got -5"):
+        main(["train", "red", "--data", str(data), "--output", str(out), "--max-minutes", "-5"])
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"trian": {}}))
     with pytest.raises(SystemExit, match="unknown configuration key 'trian'"):

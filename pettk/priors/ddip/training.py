@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ...diffusion.chunks import TrainingBudget
 from ...diffusion.train import Trainer, diffusion_loss
 from .config import DDIPConfig
 from .data import DDIPImages
@@ -15,7 +16,7 @@ __all__ = ["train_ddip"]
 
 
 def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = False, device=None, *,
-               resume: bool = False) -> DDIP:
+               resume: bool = False, time_limit_s: float | None = None) -> DDIP:
     """Pretrain DDIP's score network (ε- or x0-MSE, MR concatenated) on one tracer's images.
 
     Parameters
@@ -32,6 +33,10 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
     device : torch device, optional (default CPU)
     resume : bool
         Continue from ``out_dir/checkpoint.safetensors`` when it exists.
+    time_limit_s : float, optional
+        Wall-clock seconds for this call (a chunk of a long run): when they run out, the stage's
+        checkpoint is written and :class:`~pettk.diffusion.TrainingIncomplete` raised; call again
+        with ``resume=True`` to continue.
 
     Returns
     -------
@@ -42,6 +47,7 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
     if not isinstance(config, DDIPConfig):
         raise TypeError(f"config must be a DDIPConfig, got {type(config).__name__}")
     config = config.validate()
+    budget = TrainingBudget(time_limit_s, out_dir, resume)
     if isinstance(dataset_root, DDIPImages):
         data = dataset_root
     elif isinstance(dataset_root, (str, Path)):
@@ -66,9 +72,7 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
                           cond_key="cond" if config.conditional else None)
     trainer = Trainer(head, loss, data, config.train_config(), out_dir=out, device=device,
                       model_config={"ddip_config": config.to_dict()}, progress=progress)
-    if resume and out is None:
-        raise ValueError("resume=True needs an out_dir")
-    trainer.fit(resume=resume)
+    budget.fit(trainer, "ddip")
     trained = trainer.averaged_model().net.eval()
     prior = DDIP(config, trained)
     prior.history = {"loss": list(trainer.history.loss)}

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ...diffusion.chunks import TrainingBudget
 from ...diffusion.schedules import NoiseSchedule
 from ...diffusion.train import Trainer
 from .._data import sinogram_pairs
@@ -127,16 +128,15 @@ def _stage2_loss(config: DREAMConfig, clock: _Clock, teacher: nn.Module, schedul
     return loss_fn
 
 
-def _fit(module, loss_fn, pairs, tc, clock, out, name, device, meta, progress, resume):
+def _fit(module, loss_fn, pairs, tc, clock, out, name, device, meta, progress, budget):
     trainer = Trainer(module, loss_fn, pairs, tc, out_dir=None if out is None else out / name, device=device,
                       model_config=meta, progress=progress)
     clock.trainer = trainer
-    trainer.fit(resume=resume and out is not None)
-    return trainer
+    return budget.fit(trainer, name)
 
 
 def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = False, device=None, *,
-                resume: bool = False) -> DREAM:
+                resume: bool = False, time_limit_s: float | None = None) -> DREAM:
     """Train DREAM: stage 1, then stage 2 phase A (prior only) and phase B (joint) (METHODS §2.5).
 
     Parameters
@@ -155,6 +155,10 @@ def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = Fal
     device : torch device, optional (default CPU)
     resume : bool
         Continue each stage from its checkpoint in ``out_dir`` (finished stages are not rerun).
+    time_limit_s : float, optional
+        Wall-clock seconds for this call (a chunk of a long run): when they run out, the stage's
+        checkpoint is written and :class:`~pettk.diffusion.TrainingIncomplete` raised; call again
+        with ``resume=True`` to continue.
 
     Returns
     -------
@@ -165,6 +169,7 @@ def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = Fal
     if not isinstance(config, DREAMConfig):
         raise TypeError(f"config must be a DREAMConfig, got {type(config).__name__}")
     config = config.validate()
+    budget = TrainingBudget(time_limit_s, out_dir, resume)
     pairs = _training_pairs(config, dataset)
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = None if out_dir is None else Path(out_dir)
@@ -177,7 +182,7 @@ def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = Fal
     stage1 = _Stage1(nets["cpen_s1"] if config.prior else None, nets["restorer"])
     clock = _Clock(config.s1_steps)
     trainer = _fit(stage1, _stage1_loss(config, clock), pairs, config.train_config("s1"), clock, out, "s1", device,
-                   meta, progress, resume)
+                   meta, progress, budget)
     stage1 = trainer.averaged_model().eval()
     history["s1_loss"] = list(trainer.history.loss)
     final = nn.ModuleDict({"restorer": stage1.restorer})
@@ -191,7 +196,7 @@ def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = Fal
             clock = _Clock(total)
             loss = _stage2_loss(config, clock, teacher, schedule, joint=False)
             trainer = _fit(prior, loss, pairs, config.train_config("s2a"), clock, out, "s2a", device, meta, progress,
-                           resume)
+                           budget)
             prior = trainer.averaged_model()
             history["s2a_loss"] = list(trainer.history.loss)
         restorer = stage1.restorer
@@ -202,7 +207,7 @@ def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = Fal
             clock = _Clock(total, offset=config.s2a_steps)
             loss = _stage2_loss(config, clock, teacher, schedule, joint=True)
             trainer = _fit(stage2, loss, pairs, config.train_config("s2b"), clock, out, "s2b", device, meta, progress,
-                           resume)
+                           budget)
             stage2 = trainer.averaged_model()
             prior, restorer = stage2.prior, stage2.restorer
             history["s2b_loss"] = list(trainer.history.loss)

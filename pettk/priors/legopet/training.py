@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from ...diffusion.chunks import TrainingBudget
 from ...diffusion.nets import UNet
 from ...diffusion.train import Trainer
 from .._data import TensorPairs, load_split
@@ -79,7 +80,7 @@ def _pnpnet_from(pnpnet, config: LegoPETConfig) -> UNet:
 
 
 def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: bool = False, device=None, *,
-                  pnpnet=None, resume: bool = False) -> LegoPET:
+                  pnpnet=None, resume: bool = False, time_limit_s: float | None = None) -> LegoPET:
     """Train LegoPET (PnPNet, then the feature-guided cDPM) or, with ``features=False``, the plain cDPM.
 
     Parameters
@@ -100,6 +101,10 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     resume : bool
         Continue each stage from its checkpoint in ``out_dir`` (a finished stage is not rerun; a
         larger ``pnpnet_steps`` / ``cdpm_steps`` than before trains on from where it stopped).
+    time_limit_s : float, optional
+        Wall-clock seconds for this call (a chunk of a long run): when they run out, the stage's
+        checkpoint is written and :class:`~pettk.diffusion.TrainingIncomplete` raised; call again
+        with ``resume=True`` to continue.
 
     Returns
     -------
@@ -109,8 +114,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     if not isinstance(config, LegoPETConfig):
         raise TypeError(f"config must be a LegoPETConfig, got {type(config).__name__}")
     config = config.validate()
-    if resume and out_dir is None:
-        raise ValueError("resume=True needs an out_dir")
+    budget = TrainingBudget(time_limit_s, out_dir, resume)
     pairs, image_shape, sinogram_shape, image_max = _split_pairs(config, dataset_root)
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = None if out_dir is None else Path(out_dir)
@@ -127,7 +131,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
             trainer = Trainer(net_p, pnpnet_loss(config.dwt_weight), pairs, config.train_config("pnpnet"),
                               out_dir=None if out is None else out / "pnpnet", device=device, model_config=meta,
                               progress=progress)
-            trainer.fit(resume=resume)
+            budget.fit(trainer, "pnpnet")
             net_p = trainer.averaged_model()
             history["pnpnet_loss"] = list(trainer.history.loss)
         net_p = LegoPET._frozen(net_p)
@@ -140,7 +144,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     trainer = Trainer(cdpm, cdpm_loss(schedule, net_p, config.p_dp, config.prediction), pairs,
                       config.train_config("cdpm"), out_dir=None if out is None else out / "cdpm", device=device,
                       model_config=meta, progress=progress)
-    trainer.fit(resume=resume)
+    budget.fit(trainer, "cdpm")
     history["cdpm_loss"] = list(trainer.history.loss)
     cdpm = trainer.averaged_model().eval()
     model = LegoPET(config, image_shape, sinogram_shape, image_max, net_p, cdpm)

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import torch
 
+from ...diffusion.chunks import TrainingBudget
 from ...diffusion.train import Trainer
 from .._data import sinogram_pairs
 from .config import REDConfig
@@ -38,7 +39,8 @@ def _training_pairs(config: REDConfig, dataset):
     return _Pairs(sinogram_pairs(dataset, config.drf, "red", "RED"))
 
 
-def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, device=None) -> RED:
+def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, device=None, *,
+              resume: bool = False, time_limit_s: float | None = None) -> RED:
     """Train RED's REN, then its DCN with the REN frozen (METHODS §3.4).
 
     Parameters
@@ -53,6 +55,12 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
         ``out_dir/red.safetensors``.
     progress : bool
     device : torch device, optional (default CPU)
+    resume : bool
+        Continue each stage from its checkpoint in ``out_dir`` (a finished stage is not rerun).
+    time_limit_s : float, optional
+        Wall-clock seconds for this call (a chunk of a long run): when they run out, the stage's
+        checkpoint is written and :class:`~pettk.diffusion.TrainingIncomplete` raised; call again
+        with ``resume=True`` to continue.
 
     Returns
     -------
@@ -61,6 +69,7 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
         ``history``.
     """
     config = config.validate()
+    budget = TrainingBudget(time_limit_s, out_dir, resume)
     pairs = _training_pairs(config, dataset)
     shape = tuple(pairs.low.shape[-2:])
     device = torch.device(device) if device is not None else torch.device("cpu")
@@ -73,7 +82,7 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
     trainer = Trainer(ren, ren_loss(schedule, config.lambda_ssim), pairs, config.train_config("ren"),
                       out_dir=None if out is None else out / "ren", device=device, model_config=meta,
                       progress=progress)
-    trainer.fit()
+    budget.fit(trainer, "ren")
     ren = trainer.averaged_model().eval()
     history = {"ren_loss": list(trainer.history.loss)}
 
@@ -84,7 +93,7 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
         trainer = Trainer(dcn, dcn_loss(schedule, ren, config.r_max), pairs, config.train_config("dcn"),
                           out_dir=None if out is None else out / "dcn", device=device, model_config=meta,
                           progress=progress)
-        trainer.fit()
+        budget.fit(trainer, "dcn")
         dcn = trainer.averaged_model().eval()
         history["dcn_loss"] = list(trainer.history.loss)
     for net in (ren, dcn):
