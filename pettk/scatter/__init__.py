@@ -1,0 +1,19 @@
+"""Scatter estimation: Watson's single scatter simulation (SSS), tail fitting and the scatter ↔
+reconstruction loop.
+
+* :mod:`~pettk.scatter.klein_nishina` -- Compton kinematics and Klein–Nishina cross sections.
+* :mod:`~pettk.scatter.energy` -- :class:`EnergyWindow`: window and energy resolution, the
+  efficiency for a photon of energy E.
+* :mod:`~pettk.scatter.lines` -- line integrals from points inside the image (Joseph projector).
+* :mod:`~pettk.scatter.sss` -- :func:`single_scatter`: the unscaled single-scatter sinogram of an
+  activity and mu-map, in the units of the projector's line integrals.
+"""
+
+from .energy import WINDOW_LIMITS_KEV, EnergyWindow
+from .klein_nishina import ELECTRON_REST_ENERGY_KEV, kn_differential, kn_total, mu_energy_scale, scattered_energy
+from .sss import coarse_detectors, scatter_points, single_scatter
+
+__all__ = [
+    "ELECTRON_REST_ENERGY_KEV", "EnergyWindow", "WINDOW_LIMITS_KEV", "coarse_detectors", "kn_differential", "kn_total",
+    "mu_energy_scale", "scatter_points", "scattered_energy", "single_scatter",
+]
