@@ -10,6 +10,12 @@
 See ``docs/corrections.md``.
 """
 
+from .normalisation import (
+    NormalisationEstimate,
+    efficiency_sinogram,
+    estimate_normalisation,
+    simulate_crystal_efficiencies,
+)
 from .randoms import (
     event_randoms,
     fan_sum_factors,
@@ -20,6 +26,10 @@ from .randoms import (
 from .span import SpanLayout, SpanProjector, compress
 
 __all__ = [
+    "NormalisationEstimate",
+    "efficiency_sinogram",
+    "estimate_normalisation",
+    "simulate_crystal_efficiencies",
     "SpanLayout",
     "SpanProjector",
     "compress",
