@@ -24,8 +24,9 @@ doi:10.3389/fnume.2025.1641215, arXiv:2506.04976), whose key findings are the th
   the full gradient, kept within ``[step / 10, max_step]``.
 
 Safeguard: the snapshot's full forward projections give ``Phi(x_snap)`` at no extra projection.
-If it fell since the previous snapshot, the step cap halves (``max_step <- alpha / 2``), so a
-too-long step cannot keep the iterates from the optimum. Non-negativity is by projection.
+If it fell since the previous snapshot, the step cap halves (``cap <- alpha / 2``), so a too-long
+step cannot keep the iterates from the optimum; if it rose, the cap grows by ``CAP_GROWTH`` (up to
+``max_step``), so that one noisy snapshot does not slow the rest of the run. Non-negativity is by projection.
 
 Cost: an epoch is one full projector-equivalent (forward and back projection of all views). The
 snapshot epoch spends it on the full gradient (and takes one full-gradient step); every other
@@ -52,6 +53,8 @@ SVRG_DEFAULT_STEP = 1.0
 SVRG_DEFAULT_MAX_STEP = 2.0
 SVRG_DEFAULT_WARMUP = 1
 SVRG_DEFAULT_SNAPSHOT_EVERY = 2
+#: Growth of the step cap at each snapshot whose objective rose (see the module docstring).
+CAP_GROWTH = 1.25
 
 
 def _n_views(model) -> int:
@@ -163,6 +166,8 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
             if last is not None:
                 if objective < last[2]:
                     cap = max(alpha / 2, step / 10)
+                else:
+                    cap = min(cap * CAP_GROWTH, max_step)
                 if adaptive:
                     ds = (x - last[0])[keep]
                     dg = (last[1] - full)[keep]  # -y: the change of the gradient of -Phi
