@@ -94,6 +94,9 @@ def attenuation_factors(projector: Projector, mu, progress: bool = False):
     if probe.is_floating_point() and probe.device.type != "meta" and bool((probe < 0).any()):
         raise ValueError(f"mu must be >= 0 (1/mm); its minimum is {float(probe.min()):.4g}")
     nontof = projector.without_tof()
+    own = getattr(nontof, "attenuation_factors", None)
+    if own is not None:  # a projector whose bins merge LORs (pettk.corrections.SpanProjector) averages them
+        return own(mu)
     needs_grad = isinstance(mu, torch.Tensor) and mu.requires_grad and torch.is_grad_enabled()
     n_views = nontof.shape_out[nontof.geometry.view_axis]
     if progress and not needs_grad and nontof.views is None and n_views > 1:

@@ -266,7 +266,7 @@ class SpanProjector(Projector):
         return SpanProjector(self.grid, self.geometry, **kw)
 
     def _weights(self, like: torch.Tensor) -> torch.Tensor:
-        w = torch.from_numpy(self.geometry.n_merged).to(dtype=like.dtype, device=like.device)
+        w = torch.as_tensor(self.geometry.n_merged.copy()).to(dtype=like.dtype, device=like.device)
         return w.reshape((-1,) + (1,) * (-self._plane_axis - 1))
 
     def _run(self, data: torch.Tensor, mode: str) -> torch.Tensor:
