@@ -143,3 +143,18 @@ def test_bad_span_raises():
         SpanProjector(pettk.ImageGrid((8, 8, 8), 2.0), span, method="fast")
     with pytest.raises(TypeError, match="SpanLayout"):
         SpanProjector(pettk.ImageGrid((8, 8, 8), 2.0), layout)
+
+
+def test_tof_sinograms_compress_on_the_plane_axis():
+    pre = pettk.preset("tiny")
+    span = compress(pre.layout, 3)
+    tof = pettk.TOFParams(fwhm_mm=20.0, n_bins=9, bin_width_mm=15.0)
+    proj = SpanProjector(pre.grid, span, tof=tof)
+    assert proj.shape_out == span.shape + (9,)
+    x = np.random.default_rng(2).random(pre.grid.shape)
+    base = pettk.Projector(pre.grid, pre.layout, tof=tof).forward(x)
+    np.testing.assert_allclose(proj.forward(x), span.compress(base, plane_axis=-4), rtol=1e-12)
+    y = np.random.default_rng(3).random(proj.shape_out)
+    lhs, rhs = np.vdot(proj.forward(x), y), np.vdot(x, proj.adjoint(y))
+    assert abs(lhs - rhs) <= 1e-10 * abs(lhs)
+    assert proj.without_tof().shape_out == span.shape
