@@ -41,8 +41,11 @@ setup(
         "dicom": ["pydicom>=3.0"],
         # deepinv needs a torchvision built for your torch: install that first (see the README)
         "deepinv": ["deepinv>=0.5"],
+        # the documentation site: make -C docs html
+        "docs": ["sphinx>=7.2", "sphinx-gallery>=0.17", "myst-parser>=2.0"],
         "dev": ["pytest>=7.4", "pytest-benchmark>=4.0", "hypothesis>=6.80", "ruff>=0.4", "petsird>=0.12",
-                "dask[distributed]>=2023.1", "pydicom>=3.0"],
+                "dask[distributed]>=2023.1", "pydicom>=3.0", "sphinx>=7.2", "sphinx-gallery>=0.17",
+                "myst-parser>=2.0"],
     },
     entry_points={"console_scripts": ["pettk=pettk.cli:main"]},
     classifiers=[
