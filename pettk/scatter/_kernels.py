@@ -81,50 +81,35 @@ def pair_sums(pairs, ux, uy, uz, inv_d2, att, act, weight, kn_eff, mu_scale, out
 
 
 @njit(parallel=True, cache=True)
-def interpolate_pairs(table, plane_rings, crystal_pairs, t_lo, t_hi, t_w, z_lo, z_hi, z_w, xy, normals, ring_z,
-                      out):
-    """Interpolate ``Q = M_AB R_AB^2`` between coarse detectors and contract it with every LOR's
-    own normals: ``s_AB = n_A^T Q n_B / (cos_A cos_B)``.
+def transaxial_stage(table, crystal_pairs, t_lo, t_hi, t_w, normals, out):
+    """First interpolation stage: every coarse ring pair to every transaxial bin ``(view, radial)``.
 
-    ``Q`` is stored as a positive scale ``q = r_A^T Q r_B`` (``r`` the crystals' radial directions,
-    smooth around the ring) and the ratio ``Q / q``: ``log q`` is interpolated (the scatter tails
-    fall off nearly exponentially where the energy window cuts large scattering angles), ``Q / q``
-    linearly.
+    ``Q`` (a 2 x 2 matrix per coarse detector pair, see :func:`pair_sums`) is stored as a positive
+    scale ``q = r_A^T Q r_B`` (``r`` the crystals' radial directions, smooth around the ring) and
+    the ratio ``Q / q``: ``log q`` is interpolated (scatter tails fall off nearly exponentially
+    where the energy window cuts large scattering angles), ``Q / q`` linearly and contracted with
+    the bin's own crystal normals: the result is ``q n_A^T (Q / q) n_B``. Scatter varies slowly
+    along the axis, so the axial stage interpolates that result linearly.
 
     Parameters
     ----------
     table : (n_za, n_t, n_za, n_t, 5) ``log q, Q_xx / q, Q_xy / q, Q_yx / q, Q_yy / q`` on coarse
         pairs ``[ring_a, det_a, ring_b, det_b]``
-    plane_rings : (n_planes, 2) int64 ring pair of every plane
     crystal_pairs : (n_views, n_radial, 2) int64 in-ring crystals of every bin
     t_lo, t_hi, t_w : (n_crystals,) coarse neighbours of every crystal and the weight of ``t_hi``
-    z_lo, z_hi, z_w : (n_rings,) the same for rings (quadrilinear interpolation in all four)
-    xy, normals : (n_crystals, 2) crystal positions (mm) and outward unit normals
-    ring_z : (n_rings,) ring positions (mm)
-    out : (n_planes, n_views, n_radial)
+    normals : (n_crystals, 2) outward unit normals of the crystals
+    out : (n_za, n_za, n_views, n_radial) ``q n_A^T (Q / q) n_B``
     """
+    n_za = table.shape[0]
     n_views = crystal_pairs.shape[0]
     n_radial = crystal_pairs.shape[1]
-    for p in prange(plane_rings.shape[0]):
-        ra = plane_rings[p, 0]
-        rb = plane_rings[p, 1]
-        za = (z_lo[ra], z_hi[ra])
-        wa = (1.0 - z_w[ra], z_w[ra])
-        zb = (z_lo[rb], z_hi[rb])
-        wb = (1.0 - z_w[rb], z_w[rb])
-        dz = ring_z[ra] - ring_z[rb]
+    for zz in prange(n_za * n_za):
+        za = zz // n_za
+        zb = zz - za * n_za
         for v in range(n_views):
             for r in range(n_radial):
                 ca = crystal_pairs[v, r, 0]
                 cb = crystal_pairs[v, r, 1]
-                dx = xy[ca, 0] - xy[cb, 0]
-                dy = xy[ca, 1] - xy[cb, 1]
-                length = math.sqrt(dx * dx + dy * dy + dz * dz)
-                cos_a = (normals[ca, 0] * dx + normals[ca, 1] * dy) / max(length, 1e-300)
-                cos_b = -(normals[cb, 0] * dx + normals[cb, 1] * dy) / max(length, 1e-300)
-                if cos_a <= 1e-6 or cos_b <= 1e-6:
-                    out[p, v, r] = 0.0
-                    continue
                 ta = (t_lo[ca], t_hi[ca])
                 va = (1.0 - t_w[ca], t_w[ca])
                 tb = (t_lo[cb], t_hi[cb])
@@ -134,22 +119,59 @@ def interpolate_pairs(table, plane_rings, crystal_pairs, t_lo, t_hi, t_w, z_lo, 
                 q1 = 0.0
                 q2 = 0.0
                 q3 = 0.0
-                for i in range(2):
-                    for j in range(2):
-                        for k in range(2):
-                            for m in range(2):
-                                w = wa[i] * va[j] * wb[k] * vb[m]
-                                if w == 0.0:
-                                    continue
-                                lq += w * table[za[i], ta[j], zb[k], tb[m], 0]
-                                q0 += w * table[za[i], ta[j], zb[k], tb[m], 1]
-                                q1 += w * table[za[i], ta[j], zb[k], tb[m], 2]
-                                q2 += w * table[za[i], ta[j], zb[k], tb[m], 3]
-                                q3 += w * table[za[i], ta[j], zb[k], tb[m], 4]
-                scale = math.exp(lq)
-                nax = normals[ca, 0]
-                nay = normals[ca, 1]
+                for j in range(2):
+                    for m in range(2):
+                        w = va[j] * vb[m]
+                        if w == 0.0:
+                            continue
+                        lq += w * table[za, ta[j], zb, tb[m], 0]
+                        q0 += w * table[za, ta[j], zb, tb[m], 1]
+                        q1 += w * table[za, ta[j], zb, tb[m], 2]
+                        q2 += w * table[za, ta[j], zb, tb[m], 3]
+                        q3 += w * table[za, ta[j], zb, tb[m], 4]
                 nbx = normals[cb, 0]
                 nby = normals[cb, 1]
-                s = nax * (q0 * nbx + q1 * nby) + nay * (q2 * nbx + q3 * nby)
-                out[p, v, r] = scale * s / (cos_a * cos_b)
+                out[za, zb, v, r] = math.exp(lq) * (normals[ca, 0] * (q0 * nbx + q1 * nby)
+                                                    + normals[ca, 1] * (q2 * nbx + q3 * nby))
+
+
+@njit(parallel=True, cache=True)
+def axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom_xy, dxy2, ring_z, out):
+    """Second stage: linear interpolation between coarse rings and the LOR's normalisation,
+    ``s = q n_A^T (Q / q) n_B / (cos_A cos_B)``.
+
+    ``cos_A cos_B = cos_A^xy cos_B^xy |d_xy|^2 / (|d_xy|^2 + dz^2)`` with the transaxial parts
+    precomputed: ``inv_geom_xy = 1 / (cos_A^xy cos_B^xy |d_xy|^2)`` (0 where a cosine vanishes)
+    and ``dxy2 = |d_xy|^2``, both ``(n_views, n_radial)``.
+
+    Parameters
+    ----------
+    stage : (n_za, n_za, n_views, n_radial) output of :func:`transaxial_stage`
+    plane_rings : (n_planes, 2) int64 ring pair of every plane
+    z_lo, z_hi, z_w : (n_rings,) coarse neighbours of every ring and the weight of ``z_hi``
+    ring_z : (n_rings,) ring positions (mm)
+    out : (n_planes, n_views, n_radial), float32 or float64
+    """
+    n_views = stage.shape[2]
+    n_radial = stage.shape[3]
+    for p in prange(plane_rings.shape[0]):
+        ra = plane_rings[p, 0]
+        rb = plane_rings[p, 1]
+        za = (z_lo[ra], z_hi[ra])
+        wa = (1.0 - z_w[ra], z_w[ra])
+        zb = (z_lo[rb], z_hi[rb])
+        wb = (1.0 - z_w[rb], z_w[rb])
+        dz = ring_z[ra] - ring_z[rb]
+        dz2 = dz * dz
+        s00 = stage[za[0], zb[0]]
+        s01 = stage[za[0], zb[1]]
+        s10 = stage[za[1], zb[0]]
+        s11 = stage[za[1], zb[1]]
+        w00 = wa[0] * wb[0]
+        w01 = wa[0] * wb[1]
+        w10 = wa[1] * wb[0]
+        w11 = wa[1] * wb[1]
+        for v in range(n_views):
+            for r in range(n_radial):
+                val = (w00 * s00[v, r] + w01 * s01[v, r]) + (w10 * s10[v, r] + w11 * s11[v, r])
+                out[p, v, r] = val * inv_geom_xy[v, r] * (dxy2[v, r] + dz2)

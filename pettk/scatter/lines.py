@@ -43,23 +43,28 @@ def sample_linear(image: np.ndarray, grid: ImageGrid, points: np.ndarray) -> np.
     return out
 
 
-def segment_integrals(grid: ImageGrid, images: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
-    """Integrals of ``images`` (``(c, *grid.shape)``) from ``starts`` to ``ends`` (``(n, ndim)``, mm).
+def segment_integrals(grid: ImageGrid, images: np.ndarray, points: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Integrals of ``images`` (``(c, *grid.shape)``) from every one of ``points`` (``(n_p, ndim)``,
+    mm, inside the image) to every one of ``targets`` (``(n_t, ndim)``, mm).
 
-    Returns ``(c, n)`` float64 (the projection runs in float32, accumulating in float64).
+    Returns ``(c, n_t, n_p)`` float64 (the projection runs in float32, accumulating in float64).
     """
+    n_p, n_t, nd = points.shape[0], targets.shape[0], grid.ndim
+    starts = np.broadcast_to(points[None], (n_t, n_p, nd)).reshape(-1, nd)
+    ends = np.broadcast_to(targets[:, None], (n_t, n_p, nd)).reshape(-1, nd)
     line = Projector(grid, LORList(starts, ends), check_finite=False)
     with torch.no_grad():
         total = line.forward(torch.from_numpy(images.astype(np.float32))).numpy().astype(np.float64)
+    total = total.reshape(-1, n_t, n_p)
     # the stepping axis and the first plane, as the projector chooses them
-    d = ends - starts
-    k = np.argmax(np.abs(d), axis=1)  # ties: first axis, like the kernels
-    rows = np.arange(d.shape[0])
+    d = targets[:, None, :] - points[None, :, :]  # (n_t, n_p, nd)
+    k = np.argmax(np.abs(d), axis=-1)  # ties: first axis, like the kernels
+    dk = np.take_along_axis(d, k[..., None], axis=-1)[..., 0]
     vs = np.asarray(grid.voxel_size_mm)[k]
-    u0 = (starts[rows, k] - np.asarray(grid.origin_mm)[k]) / vs
-    first = np.where(d[rows, k] > 0, np.ceil(u0), np.floor(u0))
-    delta = vs * np.linalg.norm(d, axis=1) / np.abs(d[rows, k])
-    a = np.abs(first - u0) * delta
+    u0 = (points[None, :, :] - np.asarray(grid.origin_mm)) / np.asarray(grid.voxel_size_mm)
+    u0 = np.take_along_axis(np.broadcast_to(u0, d.shape), k[..., None], axis=-1)[..., 0]
+    first = np.where(dk > 0, np.ceil(u0), np.floor(u0))
+    delta = vs * np.linalg.norm(d, axis=-1) / np.abs(dk)
     inside = (first >= 0) & (first <= np.asarray(grid.shape)[k] - 1)
-    correction = np.where(inside, a - 0.5 * delta, 0.0)
-    return total + correction[None] * sample_linear(images, grid, starts)
+    correction = np.where(inside, (np.abs(first - u0) - 0.5) * delta, 0.0)
+    return total + correction[None] * sample_linear(images, grid, points)[:, None, :]

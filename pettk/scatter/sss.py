@@ -149,6 +149,24 @@ def _interp_weights(coarse: np.ndarray, n: int, periodic: bool):
     return lo.astype(np.int64), hi.astype(np.int64), w
 
 
+def _needed_pairs(crystal_pairs: np.ndarray, t_lo, t_hi, n_t: int, n_z: int):
+    """Coarse detector pairs ``(A, B)``, ``A < B`` (index ``ring * n_t + crystal``), that the
+    interpolation to the sinogram's LORs reads: only the transaxial pairs next to a sinogram bin
+    (the radial trim leaves out pairs of nearby crystals), on every pair of coarse rings."""
+    ca, cb = crystal_pairs[..., 0].ravel(), crystal_pairs[..., 1].ravel()
+    need = np.zeros((n_t, n_t), dtype=bool)
+    for lo_hi_a in (t_lo, t_hi):
+        for lo_hi_b in (t_lo, t_hi):
+            need[lo_hi_a[ca], lo_hi_b[cb]] = True
+    need |= need.T
+    ta, tb = np.nonzero(need)
+    za, zb = np.meshgrid(np.arange(n_z), np.arange(n_z), indexing="ij")
+    a = (za.ravel()[:, None] * n_t + ta[None, :]).ravel()
+    b = (zb.ravel()[:, None] * n_t + tb[None, :]).ravel()
+    keep = a < b
+    return a[keep].astype(np.int64), b[keep].astype(np.int64)
+
+
 def _crystal_normals(scanner) -> np.ndarray:
     """Outward unit normal of every crystal's polygon side, (n_crystals_per_ring, 2)."""
     phi = 2.0 * np.pi * np.arange(scanner.n_sides) / scanner.n_sides
@@ -168,7 +186,7 @@ def _luts(window: EnergyWindow):
 
 @keep_torch_threads
 def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow | None = None,
-                   scatter_step_mm: float = 10.0, mu_threshold: float = 0.001, per_side: int = 2,
+                   scatter_step_mm: float = 15.0, mu_threshold: float = 0.001, per_side: int = 2,
                    n_axial: int | None = None, slab_thickness_mm: float | None = None,
                    mu_grid: ImageGrid | None = None):
     """Watson's single scatter simulation on the sinogram of ``projector``.
@@ -202,9 +220,9 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
 
     Returns
     -------
-    Scatter sinogram of shape ``projector.without_tof()`` full shape, float64 numpy array for
-    numpy input, a tensor (on the activity's device, float32 or float64 as the activity) for
-    torch input. Units: those of ``P(activity)`` (see the module docstring).
+    Scatter sinogram of the layout's full (non-TOF) shape, of the activity's array type and
+    dtype (float32 stays float32: a full 3D sinogram is large; a tensor comes back on the
+    activity's device). Units: those of ``P(activity)`` (see the module docstring).
     """
     if not isinstance(projector, Projector):
         raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
@@ -239,6 +257,8 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     elif slab_thickness_mm is not None:
         raise ValueError("slab_thickness_mm is for 2D (SinogramLayout2D) only")
     like = activity
+    act_dtype = np.float32 if (isinstance(activity, torch.Tensor) and activity.dtype == torch.float32) or \
+        (isinstance(activity, np.ndarray) and activity.dtype == np.float32) else np.float64
     act = _as_image("activity", activity, grid.shape)
     mu_np = _as_image("mu", mu, grid.shape)
 
@@ -261,19 +281,20 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
         det = np.concatenate([xy, np.zeros((n_t, 1))], axis=1)
     n_det = det.shape[0]
 
+    t_lo, t_hi, t_w = _interp_weights(crystals, n_cryst, periodic=True)
+    z_lo, z_hi, z_w = _interp_weights(rings, n_rings, periodic=False)
+    crystal_pairs = np.ascontiguousarray(layout.crystal_pairs, dtype=np.int64)
+
     table = np.zeros((n_z, n_t, n_z, n_t, 5))
     if n_s:
         pos3 = pos if grid.ndim == 3 else np.concatenate([pos, np.zeros((n_s, 1))], axis=1)
         diff = det[:, None, :] - pos3[None, :, :]  # (n_det, n_s, 3), scatter point -> detector
         dist2 = np.einsum("dsk,dsk->ds", diff, diff)
         u = diff / np.sqrt(dist2)[..., None]
-        nd = grid.ndim
-        starts = np.broadcast_to(pos[None, :, :], (n_det, n_s, nd)).reshape(-1, nd)
-        ends = np.broadcast_to(det[:, None, :nd], (n_det, n_s, nd)).reshape(-1, nd)
-        integrals = segment_integrals(grid, np.stack([mu_np, act]), starts, ends).reshape(2, n_det, n_s)
+        integrals = segment_integrals(grid, np.stack([mu_np, act]), pos, det[:, :grid.ndim])
         kn_eff, mu_scale = _luts(window)
-        ia, ib = np.triu_indices(n_det, k=1)
-        pairs = np.ascontiguousarray(np.stack([ia, ib], axis=1).astype(np.int64))
+        ia, ib = _needed_pairs(crystal_pairs, t_lo, t_hi, n_t, n_z)
+        pairs = np.ascontiguousarray(np.stack([ia, ib], axis=1))
         sums = np.empty((pairs.shape[0], 4))
         _kernels.pair_sums(pairs, np.ascontiguousarray(u[..., 0]), np.ascontiguousarray(u[..., 1]),
                            np.ascontiguousarray(u[..., 2]), 1.0 / dist2, np.ascontiguousarray(integrals[0]),
@@ -289,22 +310,31 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
         q = np.maximum(q, floor)
         packed = np.concatenate([np.log(q)[:, None], sums / q[:, None]], axis=1)
         flat = table.reshape(n_det, n_det, 5)
-        flat[:] = np.log(floor)
+        flat[..., 0] = np.log(floor)
         flat[ia, ib] = packed
         flat[ib, ia] = packed[:, [0, 1, 3, 2, 4]]  # M_BA = M_AB^T
+    else:
+        table[..., 0] = -np.inf  # exp(-inf) = 0: no scatter without scatter points
 
-    t_lo, t_hi, t_w = _interp_weights(crystals, n_cryst, periodic=True)
-    z_lo, z_hi, z_w = _interp_weights(rings, n_rings, periodic=False)
+    normals = np.ascontiguousarray(_crystal_normals(scanner))
+    stage = np.empty((n_z, n_z, layout.n_views, layout.n_radial))
+    _kernels.transaxial_stage(table, crystal_pairs, t_lo, t_hi, t_w, normals, stage)
+    cxy = scanner.crystal_xy_mm
+    d_xy = cxy[crystal_pairs[..., 0]] - cxy[crystal_pairs[..., 1]]
+    dxy2 = np.einsum("vrk,vrk->vr", d_xy, d_xy)
+    cos_a = np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 0]], d_xy)
+    cos_b = -np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 1]], d_xy)
+    ok = (cos_a > 1e-9 * dxy2) & (cos_b > 1e-9 * dxy2)
+    inv_geom = np.where(ok, 1.0 / np.where(ok, cos_a * cos_b, 1.0), 0.0)  # 1 / (cos_a^xy cos_b^xy |d_xy|^2)
     if isinstance(layout, SinogramLayout):
         plane_rings = np.ascontiguousarray(layout.plane_rings, dtype=np.int64)
         ring_z = np.ascontiguousarray(scanner.ring_positions_mm, dtype=np.float64)
     else:
         plane_rings = np.zeros((1, 2), dtype=np.int64)
         ring_z = np.zeros(1)
-    out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial))
-    _kernels.interpolate_pairs(table, plane_rings, np.ascontiguousarray(layout.crystal_pairs, dtype=np.int64),
-                               t_lo, t_hi, t_w, z_lo, z_hi, z_w, np.ascontiguousarray(scanner.crystal_xy_mm),
-                               np.ascontiguousarray(_crystal_normals(scanner)), ring_z, out)
+    out_dtype = np.float32 if act_dtype == np.float32 else np.float64
+    out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial), dtype=out_dtype)
+    _kernels.axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)
     out = out.reshape(layout.shape)
     if isinstance(like, torch.Tensor):
         return torch.from_numpy(out).to(device=like.device, dtype=like.dtype)
