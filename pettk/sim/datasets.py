@@ -4,15 +4,22 @@
 anatomy generator by default, the v1 generator, or the user's own tissue maps) and, for
 ``slices_per_subject`` axial slices each, stores
 
-``truth``       the activity image ``(S, nx, ny)``
-``mr``, ``mu``  the T1-like MR image and the mu-map (1/mm)
-``full``        full-dose prompts ``y_fd ~ Poisson(ybar)`` ``(S, n_views, n_radial)``
-``low_drf{D}``  thinned prompts ``y_ld ~ Binomial(y_fd, 1/D)`` for every DRF ``D`` (nested)
-``mult``, ``additive``  the counts model of the slice (attenuation × counts scale; randoms +
-                scatter) so that EM can reconstruct any restored sinogram
-``reference``   OSEM of an independent high-count scan (the reference image of LegoPET)
-``labels``      tissue label per pixel (the generator's codes) and ``lesions``: lesion number
-                per pixel (0 outside), for contrast recovery and per-tissue augmentation
+``truth``
+    the activity image ``(S, nx, ny)``
+``mr``, ``mu``
+    the T1-like MR image and the mu-map (1/mm)
+``full``
+    full-dose prompts ``y_fd ~ Poisson(ybar)`` ``(S, n_views, n_radial)``
+``low_drf{D}``
+    thinned prompts ``y_ld ~ Binomial(y_fd, 1/D)`` for every DRF ``D`` (nested)
+``mult``, ``additive``
+    the counts model of the slice (attenuation × counts scale; randoms + scatter) so that EM
+    can reconstruct any restored sinogram
+``reference``
+    OSEM of an independent high-count scan (the reference image of LegoPET)
+``labels``
+    tissue label per pixel (the generator's codes) and ``lesions``: lesion number per pixel
+    (0 outside), for contrast recovery and per-tissue augmentation
 
 The store is a folder: ``manifest.json`` (configuration, generator name and version, geometry,
 grid, subjects and their split, seeds, tracers, image statistics, pettk version) and one folder per
@@ -47,7 +54,7 @@ from ..recon import osem
 from .scan import simulate_scan, thin
 
 __all__ = ["DatasetConfig", "build_dataset", "SliceDataset", "NORMALISATIONS", "FIELDS", "EXTRA_FIELDS", "ANATOMIES",
-           "lesion_ids", "subject_tracer"]
+           "lesion_ids", "subject_tracer", "normalise_sinogram_pair"]
 
 FIELDS = ("truth", "mr", "mu", "full", "mult", "additive", "reference")
 #: Fields of data sets built since pettk 0.3 (manifest version 2): tissue labels and lesion numbers.
@@ -365,6 +372,19 @@ def build_dataset(root, config: DatasetConfig | None = None, progress: bool = Tr
     return manifest_path
 
 
+def normalise_sinogram_pair(low: torch.Tensor, full: torch.Tensor, normalisation: str):
+    """A sinogram restorer's training pair (METHODS §2.1, §3.1): ``low`` (``DRF`` × the low-dose
+    counts) and ``full`` (full-dose counts) both divided by ``scale = max(low)`` (floored at 0.1 for
+    RED, 1e-12 for DREAM), then mapped to ``[-1, 1]`` for ``"red"``. Returns ``(low, full, scale)``."""
+    if normalisation not in ("red", "dream"):
+        raise ValueError(f"normalisation must be 'red' or 'dream', got {normalisation!r}")
+    scale = max(float(low.max()), 0.1 if normalisation == "red" else 1e-12)
+    low, full = low / scale, full / scale
+    if normalisation == "red":
+        low, full = 2 * low - 1, 2 * full - 1
+    return low, full, scale
+
+
 class SliceDataset(torch.utils.data.Dataset):
     """One split of a data set built by :func:`build_dataset`, loaded lazily (memory-mapped).
 
@@ -469,12 +489,7 @@ class SliceDataset(torch.utils.data.Dataset):
                                 domain=self.augment_domain)
         scale = 1.0
         if self.normalisation in ("red", "dream"):
-            scale = max(float(item["low"].max()), 0.1 if self.normalisation == "red" else 1e-12)
-            item["low"] = item["low"] / scale
-            item["full"] = item["full"] / scale
-            if self.normalisation == "red":
-                item["low"] = 2 * item["low"] - 1
-                item["full"] = 2 * item["full"] - 1
+            item["low"], item["full"], scale = normalise_sinogram_pair(item["low"], item["full"], self.normalisation)
         elif self.normalisation == "legopet":
             scale = self.image_max
             for name in ("truth", "reference"):

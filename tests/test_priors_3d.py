@@ -1,0 +1,241 @@
+"""Learned 2D priors on fully 3D ring data (pettk.priors.volume, pettk.rebinning): SSRB against
+direct projections, axial interpolation, plane-wise restoration in batches, a tiny RED trained on
+3D scans' planes beating 3D OSEM, and LegoPET's rebinned sampling with 3D refinement."""
+
+import numpy as np
+import pytest
+import torch
+
+import pettk
+from pettk.diffusion.nets import RED_TINY
+from pettk.geometry import ImageGrid, SinogramLayout
+from pettk.metrics import nrmse
+from pettk.physics import ForwardModel
+from pettk.priors import REDConfig, train_red
+from pettk.priors.legopet import LegoPET, LegoPETConfig
+from pettk.priors.volume import (
+    axial_interpolation,
+    plane_pairs,
+    planes_per_batch,
+    rebinned_volume,
+    reconstruct_restored,
+    restore_planes,
+)
+from pettk.projector import Projector
+from pettk.rebinning import ssrb, ssrb_planes, ssrb_positions_mm
+from pettk.recon import osem
+from pettk.sim import simulate_scan
+from pettk.sim.phantoms import ellipsoid_phantom_3d
+
+DRF = 10.0
+TINY = pettk.preset("tiny")          # 4 rings, 16 planes of 48 views × 49 bins; 32 × 32 × 8 at 2.5 × 2.5 × 2 mm
+
+
+def _phantom(seed: int) -> np.ndarray:
+    """A head-like cylinder of random ellipsoids (the tiny scanner's 60 mm radius holds no brain)."""
+    rng = np.random.default_rng(seed)
+    rows = [(1.0, 0.8 + 0.1 * rng.random(), 0.7 + 0.1 * rng.random(), 3.0, 0, 0, 0, 30 * rng.random())]
+    for _ in range(4):
+        r = 0.08 + 0.15 * rng.random()
+        c = (0.5 * rng.random(2) - 0.25)
+        rows.append((rng.choice([-0.6, 1.5, 2.5]), r, r * (0.7 + 0.6 * rng.random()), 0.3 + 0.5 * rng.random(),
+                     c[0], c[1], rng.random() - 0.5, 0.0))
+    return np.clip(ellipsoid_phantom_3d(TINY.grid, rows, 36.0), 0, None)
+
+
+def _scan(seed: int, counts: float = 3e5):
+    model = ForwardModel(Projector(TINY.grid, TINY.layout), psf=3.0)
+    truth = _phantom(seed)
+    scan = simulate_scan(truth, model, counts, randoms_fraction=0.1, scatter_fraction=0.1, seed=seed)
+    y_low, model_low = scan.low_dose(DRF, seed=seed + 100)
+    return truth, scan, y_low, model_low
+
+
+# ---------------------------------------------------------------------------------------------
+# SSRB and axial interpolation
+# ---------------------------------------------------------------------------------------------
+def test_ssrb_sums_planes_to_their_mean_ring_position():
+    layout = TINY.layout
+    counts = ssrb_planes(layout)
+    assert counts.sum() == layout.n_planes
+    # 4 rings, all ring differences: slice k = r_a + r_b gets min(k, 6 - k) + 1 planes
+    assert counts.tolist() == [min(k, 6 - k) + 1 for k in range(7)]
+    z = TINY.scanner.ring_positions_mm
+    assert np.allclose(ssrb_positions_mm(layout), [(z[k // 2] + z[k - k // 2]) / 2 for k in range(7)])
+    y = torch.rand(2, *layout.shape, dtype=torch.float64)
+    stacked = ssrb(layout, y)
+    assert stacked.shape == (2, 7, 48, 49)
+    torch.testing.assert_close(stacked.sum(dim=1), y.sum(dim=1))
+    for k in range(7):
+        planes = [i for i, (a, b) in enumerate(layout.plane_rings) if a + b == k]
+        torch.testing.assert_close(stacked[:, k], y[:, planes].sum(dim=1))
+    assert isinstance(ssrb(layout, y.numpy()), np.ndarray)
+
+
+def test_ssrb_of_an_axially_uniform_object_is_planes_times_the_2d_projection():
+    """Independent reference: the 2D projector of one transaxial slice. For an object uniform along
+    z over the whole axial field, every plane (direct or oblique) sees the 2D line integral times
+    1/cos(theta) of its obliquity, so SSRB slice k equals sum over its planes of 1/cos(theta) × P2D."""
+    nz = 40
+    grid = ImageGrid((32, 32, nz), (2.5, 2.5, 1.0))
+    slice_2d = _phantom(0)[:, :, 4]
+    volume = np.repeat(slice_2d[:, :, None], nz, axis=2)
+    y3 = Projector(grid, TINY.layout).forward(torch.from_numpy(volume))
+    y2 = Projector(ImageGrid((32, 32), (2.5, 2.5)), TINY.layout_2d).forward(torch.from_numpy(slice_2d))
+    rings = TINY.layout.plane_rings
+    z = TINY.scanner.ring_positions_mm
+    # the transaxial LOR length of each radial bin, from the 2D geometry's end points
+    start, end = (np.asarray(a) for a in TINY.layout_2d.lor_endpoints())
+    length = np.linalg.norm((end - start).reshape(48, 49, 2), axis=-1)
+    stacked = ssrb(TINY.layout, y3).numpy()
+    for k in range(7):
+        planes = [i for i, (a, b) in enumerate(rings) if a + b == k]
+        dz = np.array([abs(z[rings[i][1]] - z[rings[i][0]]) for i in planes])
+        expected = sum(np.sqrt(1 + (d / length) ** 2) for d in dz) * y2.numpy()
+        assert np.allclose(stacked[k], expected, rtol=1e-4, atol=1e-6 * expected.max())
+
+
+def test_ssrb_rejects_bad_input():
+    with pytest.raises(TypeError, match="SinogramLayout"):
+        ssrb(TINY.layout_2d, np.zeros((48, 49)))
+    with pytest.raises(ValueError, match=r"\(\.\.\., 16, 48, 49\)"):
+        ssrb(TINY.layout, np.zeros((15, 48, 49)))
+    with pytest.raises(TypeError, match="numpy array or a torch tensor"):
+        ssrb(TINY.layout, [0.0])
+
+
+def test_axial_interpolation_is_linear_and_constant_beyond_the_ends():
+    grid = ImageGrid((2, 3, 5), (1.0, 1.0, 2.0))          # slice centres -4, -2, 0, 2, 4 mm
+    stack = torch.stack([torch.full((2, 3), v) for v in (0.0, 1.0, 3.0)])
+    vol = axial_interpolation(stack, [-2.0, 0.0, 3.0], grid)
+    assert vol.shape == (2, 3, 5)
+    assert vol[0, 0].tolist() == pytest.approx([0.0, 0.0, 1.0, 1 + 2 * 2 / 3, 3.0])
+    with pytest.raises(ValueError, match="strictly increasing"):
+        axial_interpolation(stack, [0.0, 0.0, 1.0], grid)
+    with pytest.raises(ValueError, match="one position per slice"):
+        axial_interpolation(stack, [0.0, 1.0], grid)
+
+
+def test_planes_per_batch():
+    assert planes_per_batch(100, "cpu") == 16 and planes_per_batch(5, "cpu") == 5
+    assert planes_per_batch(100, "cpu", 7) == 7 and planes_per_batch(3, "cpu", 7) == 3
+    with pytest.raises(ValueError, match="batch_size"):
+        planes_per_batch(10, "cpu", 0)
+
+
+# ---------------------------------------------------------------------------------------------
+# Sinogram restorers plane by plane
+# ---------------------------------------------------------------------------------------------
+NET = RED_TINY.replace(channel_mults=(1, 2), attention_heads=2, attention_head_channels=8, image_size=(48, 56))
+
+
+@pytest.fixture(scope="module")
+def red_3d():
+    """A tiny RED trained on the planes (direct and oblique) of eight 3D scans."""
+    lows, fulls = [], []
+    for seed in range(8):
+        _, scan, y_low, _ = _scan(seed)
+        lows.append(y_low)
+        fulls.append(scan.prompts)
+    config = REDConfig(net=NET, T=50, sampling_steps=10, ren_steps=120, dcn_steps=0, ren_lr=1e-3, batch_size=8,
+                       drf=DRF, seed=0)
+    return train_red(config, plane_pairs(lows, fulls, DRF, "red"))
+
+
+def test_plane_pairs_follow_the_2d_normalisation():
+    low, full = torch.rand(2, 16, 48, 49) * 5, torch.rand(2, 16, 48, 49) * 50
+    pairs = plane_pairs([low[0], low[1]], [full[0], full[1]], DRF, "red")
+    assert len(pairs) == 32
+    scale = float((DRF * low[1, 3]).max())
+    torch.testing.assert_close(pairs[19]["low"], 2 * DRF * low[1, 3] / scale - 1)
+    torch.testing.assert_close(pairs[19]["full"], 2 * full[1, 3] / scale - 1)
+    with pytest.raises(ValueError, match="same non-empty planes"):
+        plane_pairs([low[0]], [full[0, :3]], DRF, "red")
+    with pytest.raises(ValueError, match="'red' or 'dream'"):
+        plane_pairs([low[0]], [full[0]], DRF, "ddip")
+
+
+def test_restore_planes_in_batches_equals_one_batch(red_3d):
+    _, _, y_low, _ = _scan(20)
+    one = restore_planes(red_3d, y_low, DRF, batch_size=16)
+    assert one.shape == y_low.shape and bool((one >= 0).all())
+    # the same up to float32 summation order (the convolutions' algorithms depend on the batch size)
+    torch.testing.assert_close(restore_planes(red_3d, y_low, DRF, batch_size=3), one, rtol=1e-4,
+                               atol=1e-5 * float(one.max()))
+    assert isinstance(restore_planes(red_3d, y_low.numpy(), DRF, batch_size=5), np.ndarray)
+
+
+def test_tiny_red_on_every_plane_beats_3d_osem(red_3d):
+    """Paired (same noise) on three held-out volumes: RED on all 16 planes, then 3D OSEM, against
+    3D OSEM of the raw low-dose data, same iterations, no filter, NRMSE over the object (measured:
+    0.355 against 0.367 at 3 iterations; with 6 iterations 0.485 against 0.598)."""
+    ours, theirs = [], []
+    for seed in (20, 21, 22):
+        truth, scan, y_low, model_low = _scan(seed)
+        mask = truth > 0
+        restored = reconstruct_restored(red_3d, scan.model, y_low, DRF, iterations=3, subsets=4).numpy()
+        raw = osem(model_low, y_low, 3, 4).numpy()
+        ours.append(nrmse(restored[mask], truth[mask]))
+        theirs.append(nrmse(raw[mask], truth[mask]))
+    assert np.mean(ours) < np.mean(theirs), (ours, theirs)
+
+
+def test_restorers_in_3d_reject_bad_input(red_3d):
+    _, scan, y_low, _ = _scan(20)
+    with pytest.raises(TypeError, match="SinogramRestorer"):
+        restore_planes(object(), y_low, DRF)
+    with pytest.raises(ValueError, match="3D sinogram"):
+        restore_planes(red_3d, y_low[0, 0], DRF)
+    with pytest.raises(ValueError, match=r"shape \(\.\.\., 48, 49\)"):      # a sinogram of another layout
+        restore_planes(red_3d, y_low[:, :, :40], DRF)
+    with pytest.raises(ValueError, match="does not match this RED model's DRF"):
+        restore_planes(red_3d, y_low, 20.0)
+    with pytest.raises(ValueError, match="forward model's shape"):
+        reconstruct_restored(red_3d, scan.model, y_low[:8], DRF)
+
+
+# ---------------------------------------------------------------------------------------------
+# LegoPET: rebinned sampling, then 3D refinement
+# ---------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def legopet_32():
+    torch.manual_seed(0)
+    config = LegoPETConfig.TINY.replace(sampling_steps=3)
+    return LegoPET(config, (32, 32), (48, 49), image_max=2.0)
+
+
+def test_rebinned_volume_matches_the_counts_and_refines_towards_the_data(legopet_32):
+    truth, scan, y_low, model_low = _scan(30)
+    sampled = rebinned_volume(legopet_32, model_low, y_low, refine_iterations=0)
+    assert sampled.shape == (32, 32, 8) and bool((sampled >= 0).all())
+    expected = float(model_low.linear(sampled).sum()) + float(model_low.additive.sum())
+    assert expected == pytest.approx(float(y_low.sum()), rel=1e-4)          # scaled to the measured counts
+    refined = rebinned_volume(legopet_32, model_low, y_low, refine_iterations=4, refine_weight=0.1)
+    from pettk.likelihood import poisson_nll
+
+    nll = lambda x: float(poisson_nll(y_low.to(torch.float64), model_low.forward(x.to(torch.float64))))  # noqa: E731
+    assert nll(refined) < nll(sampled)
+    # refinement without the anchor is MLEM started from the sampled volume
+    plain = rebinned_volume(legopet_32, model_low, y_low, refine_iterations=3, refine_weight=0.0)
+    mlem = pettk.recon.mlem(model_low, y_low, 3, x0=sampled.clamp_min(1e-8 * float(sampled.mean())))
+    torch.testing.assert_close(plain, mlem.to(plain.dtype), rtol=1e-4, atol=1e-6 * float(mlem.max()))
+    # batches of slices give the same volume
+    torch.testing.assert_close(rebinned_volume(legopet_32, model_low, y_low, refine_iterations=0, batch_size=2),
+                               sampled)
+
+
+def test_rebinned_volume_rejects_bad_input(legopet_32):
+    _, scan, y_low, model_low = _scan(30)
+    grid_2d = ImageGrid((32, 32), (2.5, 2.5))
+    with pytest.raises(ValueError, match="3D ring sinogram"):
+        rebinned_volume(legopet_32, ForwardModel(Projector(grid_2d, TINY.layout_2d)), y_low[0])
+    wide = ForwardModel(Projector(ImageGrid((40, 40, 8), (2.5, 2.5, 2.0)), TINY.layout))
+    with pytest.raises(ValueError, match="2D model on a mismatched grid"):
+        rebinned_volume(legopet_32, wide, y_low)
+    other = SinogramLayout(TINY.scanner, radial_trim=20)
+    with pytest.raises(ValueError, match="sinogram of another layout"):
+        rebinned_volume(legopet_32, ForwardModel(Projector(TINY.grid, other)), torch.zeros(other.shape))
+    with pytest.raises(ValueError, match="forward model's shape"):
+        rebinned_volume(legopet_32, model_low, y_low[:8])
+    with pytest.raises(ValueError, match="refine_iterations"):
+        rebinned_volume(legopet_32, model_low, y_low, refine_iterations=-1)
