@@ -204,3 +204,30 @@ def test_petsird_delayeds_round_trip_to_randoms(tmp_path):
     np.testing.assert_array_equal(histogram_crystal_pairs(crystals, layout), delayeds)
     with pytest.raises(ValueError, match="no delayed coincidences"):
         histogram_petsird(no_delayeds, layout, kind="delayed")
+
+
+@pytest.mark.parametrize("radial_trim, max_ring_difference", [(0, None), (24, 1)])
+def test_fan_sums_and_partner_sums_match_a_loop_over_bins(radial_trim, max_ring_difference):
+    from pettk.corrections._fans import fan_sums, partner_sums
+
+    layout = pettk.SinogramLayout(pettk.preset("tiny").scanner, radial_trim, max_ring_difference)
+    rng = np.random.default_rng(4)
+    f = rng.uniform(0.5, 1.5, (4, 96))
+    d = rng.random(layout.shape)
+    w = rng.random(layout.shape)
+    fan, partners, weighted = np.zeros_like(f), np.zeros_like(f), np.zeros_like(f)
+    for p, (r0, r1) in enumerate(layout.plane_rings):
+        for v in range(layout.n_views):
+            for r in range(layout.n_radial):
+                a, b = layout.crystal_pairs[v, r]
+                if r0 == r1 and a == b:  # a crystal with itself: no LOR
+                    continue
+                fan[r0, a] += d[p, v, r]
+                fan[r1, b] += d[p, v, r]
+                partners[r0, a] += f[r1, b]
+                partners[r1, b] += f[r0, a]
+                weighted[r0, a] += w[p, v, r] * f[r1, b]
+                weighted[r1, b] += w[p, v, r] * f[r0, a]
+    np.testing.assert_allclose(fan_sums(d, layout), fan, rtol=1e-12)
+    np.testing.assert_allclose(partner_sums(f, layout), partners, rtol=1e-12)
+    np.testing.assert_allclose(partner_sums(f, layout, w), weighted, rtol=1e-12)

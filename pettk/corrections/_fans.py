@@ -21,7 +21,7 @@ import torch
 
 from ..geometry import SinogramLayout, SinogramLayout2D
 
-__all__ = ["ring_layout_parts", "fan_sums", "partner_sums", "pair_products", "as_crystal_array"]
+__all__ = ["ring_layout_parts", "fan_sums", "partner_sums", "FanOperator", "pair_products", "as_crystal_array"]
 
 
 def ring_layout_parts(layout):
@@ -63,9 +63,10 @@ def as_crystal_array(name: str, value, layout) -> np.ndarray:
 
 def _by_ring(sino: np.ndarray, ring_of_plane: np.ndarray, n_rings: int) -> np.ndarray:
     """Sum of the planes of each ring: ``out[r] = sum_{p: ring_of_plane[p] == r} sino[p]``."""
-    out = np.zeros((n_rings,) + sino.shape[1:], dtype=np.float64)
-    np.add.at(out, ring_of_plane, sino)
-    return out
+    out = torch.zeros((n_rings,) + sino.shape[1:], dtype=torch.float64)
+    out.index_add_(0, torch.from_numpy(np.ascontiguousarray(ring_of_plane, dtype=np.int64)),
+                   torch.from_numpy(np.ascontiguousarray(sino, dtype=np.float64)))
+    return out.numpy()
 
 
 def fan_sums(sino: np.ndarray, layout) -> np.ndarray:
@@ -84,27 +85,37 @@ def fan_sums(sino: np.ndarray, layout) -> np.ndarray:
     return f.reshape(n_rings, n)
 
 
+class FanOperator:
+    """``f -> G`` with ``G_i = sum over the bins joining crystal i to a crystal j of f_j`` (unweighted
+    :func:`partner_sums`), precomputed for one layout: ``G = (Q f) M^T + (Q^T f) M`` minus the
+    crystal-to-itself bins, with ``Q`` the ``(n_rings, n_rings)`` plane incidence and ``M`` the
+    ``(n, n)`` count of transaxial bins joining crystal ``a`` (start) to ``b`` (end)."""
+
+    def __init__(self, layout):
+        rings, pairs, n_rings, n, self_bin = ring_layout_parts(layout)
+        self.q = np.zeros((n_rings, n_rings))
+        np.add.at(self.q, (rings[:, 0], rings[:, 1]), 1.0)
+        self.m = np.zeros((n, n))
+        np.add.at(self.m, (pairs[:, 0], pairs[:, 1]), 1.0)
+        n_self = np.bincount(pairs[self_bin, 0], minlength=n).astype(np.float64)
+        # the crystal-to-itself bins of the direct planes, counted once from each end
+        self.self_weight = 2.0 * np.diag(self.q)[:, None] * n_self[None, :]
+
+    def __call__(self, f: np.ndarray) -> np.ndarray:
+        return (self.q @ f) @ self.m.T + (self.q.T @ f) @ self.m - self.self_weight * f
+
+
 def partner_sums(f: np.ndarray, layout, weights: np.ndarray | None = None) -> np.ndarray:
     """``G_i = sum over the bins joining crystal i to a crystal j of w_bin * f_j``.
 
-    ``f``: ``(n_rings, n_crystals_per_ring)``; ``weights``: ``layout.shape`` or ``None`` (all 1, a
-    factorised O(n_rings² n + n_rings n_t) path). ``sum_i f_i G_i = 2 sum_bins w f_i f_j``.
+    ``f``: ``(n_rings, n_crystals_per_ring)``; ``weights``: ``layout.shape`` or ``None`` (all 1, the
+    factorised :class:`FanOperator`). ``sum_i f_i G_i = 2 sum_bins w f_i f_j``.
     """
+    if weights is None:
+        return FanOperator(layout)(f)
     rings, pairs, n_rings, n, self_bin = ring_layout_parts(layout)
     a, b = pairs[:, 0], pairs[:, 1]
     ring_base = (np.arange(n_rings) * n)[:, None]
-    if weights is None:
-        q = np.zeros((n_rings, n_rings))
-        np.add.at(q, (rings[:, 0], rings[:, 1]), 1.0)
-        end_partners = q @ f        # [r, c]: sum of f over the end rings of planes starting in r
-        start_partners = q.T @ f
-        g = np.bincount((ring_base + a[None]).ravel(), end_partners[:, b].ravel(), n_rings * n)
-        g += np.bincount((ring_base + b[None]).ravel(), start_partners[:, a].ravel(), n_rings * n)
-        g = g.reshape(n_rings, n)
-        # remove the crystal-to-itself bins of the direct planes (counted once from each end)
-        n_self = np.bincount(a[self_bin], minlength=n).astype(np.float64)
-        g -= 2.0 * np.diag(q)[:, None] * n_self[None, :] * f
-        return g
     w = weights.reshape(rings.shape[0], -1).astype(np.float64, copy=True)
     w[np.ix_(rings[:, 0] == rings[:, 1], self_bin)] = 0.0
     start = _by_ring(w * f[rings[:, 1]][:, b], rings[:, 0], n_rings)  # partner at the end

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .._validation import as_positive_float, as_positive_int
-from ._fans import as_crystal_array, fan_sums, pair_products, partner_sums, ring_layout_parts
+from ._fans import FanOperator, as_crystal_array, fan_sums, pair_products, ring_layout_parts
 from .span import SpanLayout
 
 __all__ = ["randoms_from_singles", "fan_sum_factors", "randoms_from_delayeds", "event_randoms",
@@ -112,9 +112,10 @@ def fan_sum_factors(delayeds, layout, *, n_iter: int = 200, tol: float = 1e-10) 
 
     Returns
     -------
-    ndarray of float64, shape ``(n_rings, n_crystals_per_ring)``, in sqrt(counts): ``s_i s_j`` is
-    the expected delayeds (= randoms) count of the LOR ``ij`` over the frame. ``s_i / sqrt(2 tau
-    T)`` estimates the singles rate of crystal ``i``. Crystals without delayeds get 0.
+    ndarray of float64, shape ``(n_rings, n_crystals_per_ring)``
+        In sqrt(counts): ``s_i s_j`` is the expected delayeds (= randoms) count of the LOR ``ij``
+        over the frame. ``s_i / sqrt(2 tau T)`` estimates the singles rate of crystal ``i``.
+        Crystals without delayeds get 0.
     """
     if isinstance(layout, SpanLayout):
         raise ValueError("fan sums need span-1 delayeds (the crystal pair of every bin); estimate on "
@@ -126,10 +127,10 @@ def fan_sum_factors(delayeds, layout, *, n_iter: int = 200, tol: float = 1e-10) 
     total = float(f.sum()) / 2.0
     if total <= 0:
         raise ValueError("delayeds must hold at least one count on a LOR (all bins are 0)")
-    n_partners = partner_sums(np.ones_like(f), layout)
-    s = np.sqrt(f / np.maximum(n_partners, 1.0))  # exact for uniform singles
+    partners = FanOperator(layout)
+    s = np.sqrt(f / np.maximum(partners(np.ones_like(f)), 1.0))  # exact for uniform singles
     for _ in range(n_iter):
-        g = partner_sums(s, layout)
+        g = partners(s)
         new = np.sqrt(s * np.divide(f, g, out=np.zeros_like(f), where=g > 0))
         change = np.abs(new - s).max() / max(float(new.max()), 1e-300)
         s = new

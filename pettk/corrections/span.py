@@ -9,7 +9,7 @@
   compressed data unchanged.
 
 The standard definition (the Siemens/ECAT and STIR convention)
--------------------------------------------------------------
+--------------------------------------------------------------
 With an odd span ``s`` and ring difference ``delta = ring_end - ring_start``, segment 0 holds
 ``|delta| <= (s - 1) / 2`` and segment ``+-k`` holds ``k s - (s - 1) / 2 <= +-delta <= k s + (s -
 1) / 2`` (the last segment may be partly filled when ``max_ring_difference`` is not at a segment
