@@ -1,4 +1,5 @@
 """Anatomy generator v2: a gallery of procedural subjects (PET, µ-map and T1-like MR in 3D).
+=========================================================================================
 
 Four subjects of :func:`pettk.sim.brain_phantom_v2` on a 128 × 128 × 90 grid of 2 mm voxels
 (supersampled 3 × 3 × 3): an FDG subject with six lesions, an amyloid-positive and an

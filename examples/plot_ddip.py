@@ -1,4 +1,5 @@
 """DDIP (Hashimoto & Gong 2025) out of distribution: an FDG-trained prior reconstructs an amyloid-like slice.
+==========================================================================================================
 
 Pretrains the tiny MR-conditioned DDIP diffusion model on FDG-like procedural brains (grey:white
 4:1), or loads the model in ``$PETTK_DDIP_MODEL`` (written by ``DDIP.save``), then simulates a

@@ -1,4 +1,5 @@
 """DeepInverse on pettk's PET physics: MLEM, BSREM and diffusion-RED BSREM of a simulated brain.
+=============================================================================================
 
 Wraps a pettk forward model (2D parallel beam, attenuation, PSF, randoms + scatter) as a
 DeepInverse ``LinearPhysics`` (:class:`pettk.interop.deepinv.PETPhysics`) and reconstructs a

@@ -1,4 +1,5 @@
 """DREAM (Huang et al., arXiv 2503.08339) at DRF 20: masked block, restored sinogram, MLEM images.
+===============================================================================================
 
 Builds a small simulated data set (procedural brains, 2D parallel beam) in a temporary folder,
 or reuses the one in ``$PETTK_DREAM_DATA`` (it must hold DRF 20 and a test split), trains a

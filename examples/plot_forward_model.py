@@ -1,4 +1,5 @@
 """The PET forward model: image, mu-map, attenuation factors, noise-free and noisy sinograms.
+==========================================================================================
 
 A 2D Shepp–Logan activity image inside a water-equivalent head with a bone ring is projected on a
 parallel-beam geometry with a 4 mm PSF, attenuation, normalisation, randoms and scatter, without

@@ -1,4 +1,5 @@
 """LegoPET (Sun & Mawlawi, ISBI 2025): sinogram, reference, PnPNet, cDPM and LegoPET with error maps.
+==================================================================================================
 
 The layout of the paper's Figure 2 on one held-out slice: the input sinogram, the reference image,
 the PnPNet regression, the plain sinogram-conditioned cDPM and LegoPET (the cDPM guided by the

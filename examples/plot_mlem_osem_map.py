@@ -1,4 +1,5 @@
 """MLEM, OSEM + post-filter and BSREM-RDP at two count levels, with likelihood and PSNR curves.
+============================================================================================
 
 A 2D head (the Shepp–Logan brain with no uptake in the skull, a bone/soft-tissue mu-map,
 attenuation, normalisation, randoms + scatter) is simulated at 0.3 M and 3 M counts and

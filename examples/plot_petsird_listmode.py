@@ -1,4 +1,5 @@
 """From a PETSIRD list-mode file to an image: TOF list-mode OSEM with pettk.
+=========================================================================
 
 A cylindrical scanner is described with petsird's own generator helpers (modules of crystals
 replicated around the axis, TOF bins, an energy window, component-based detection efficiencies)

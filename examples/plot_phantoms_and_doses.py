@@ -1,4 +1,5 @@
 """Procedural brain phantoms for several seeds, and sinograms + OSEM images at DRF 1/4/20/100.
+===========================================================================================
 
 Top row: FDG-like activity of four subjects (seeds 0-3) and, for seed 0, the amyloid-like
 activity, the mu-map and the T1-like MR. Middle and bottom rows: for seed 0 on the mMR-like 2D

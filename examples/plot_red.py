@@ -1,4 +1,5 @@
 """RED (Ai et al., MedIA 2025) at DRF 20: low-dose, RED-restored and full-dose sinograms + OSEM.
+=============================================================================================
 
 Builds a small simulated data set (procedural brains, 2D parallel beam) in a temporary folder,
 or reuses the one in ``$PETTK_RED_DATA`` (it must hold DRF 20 and a test split), trains a

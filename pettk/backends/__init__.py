@@ -8,7 +8,7 @@ Backends
     plain vectorised torch (:mod:`pettk.backends.reference`), any device; the test oracle and the
     fallback.
 ``cuda``
-    CuPy kernels (:mod:`pettk.backends.cuda`, sources in :mod:`pettk.kernels`), CUDA tensors,
+    CuPy kernels (:mod:`pettk.backends.cuda`, sources in ``pettk.kernels``), CUDA tensors,
     float32/float64. ``"auto"`` picks it for CUDA tensors when CuPy is importable; without CuPy,
     CUDA tensors fall back to ``reference`` with a one-time warning.
 

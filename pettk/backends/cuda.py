@@ -3,7 +3,7 @@
 A :class:`CUDAPlan` mirrors :class:`pettk.backends.cpu.CPUPlan`: it binds an image grid, a set of
 LOR tables and optionally TOF parameters, and its ``forward``/``adjoint`` take and return flat,
 unbatched torch CUDA tensors. The kernels (``kernels/joseph.cu``, ``kernels/em_update.cu``,
-shipped as :mod:`pettk.kernels`) compute exactly what the numba kernels of
+shipped as ``pettk.kernels``) compute exactly what the numba kernels of
 :mod:`pettk.backends._joseph_cpu` compute, one thread per LOR, with atomic adds in the back
 projections.
 

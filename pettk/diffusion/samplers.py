@@ -237,7 +237,7 @@ def _loop(grid, progress, desc):
 def ddpm_sample(model, shape, schedule: NoiseSchedule, *, prediction: str = "eps", generator=None, x_T=None,
                 t_start: int | None = None, clip=None, variance: str = "posterior", dtype=None, device=None,
                 progress: bool = False, callback=None) -> torch.Tensor:
-    """DDPM ancestral sampling over every step ``t = t_start .. 0`` (Ho et al. 2020, Algorithm 2).
+    """DDPM ancestral sampling over every step ``t`` from ``t_start`` down to 0 (Ho et al. 2020, Algorithm 2).
 
     Parameters
     ----------

@@ -1,6 +1,6 @@
 """Held-out evaluation data: simulated subjects the shipped models never saw.
 
-The default models are trained on :func:`pettk.sim.build_dataset` subjects with seeds
+The default models are trained on :func:`pettk.sim.datasets.build_dataset` subjects with seeds
 ``0 .. n-1`` (see the model cards in :mod:`pettk.models`). Evaluation subjects use seeds from
 :data:`HELD_OUT_SEED` up, so no anatomy, lesion or noise draw is shared with training; the
 out-of-distribution option swaps the FDG-like tracer for an amyloid-like contrast.

@@ -32,7 +32,7 @@ class TensorPairs(torch.utils.data.Dataset):
 
 
 def read_manifest(root) -> dict:
-    """The ``manifest.json`` of a data set made by :func:`pettk.sim.build_dataset`.
+    """The ``manifest.json`` of a data set made by :func:`pettk.sim.datasets.build_dataset`.
 
     Raises ``FileNotFoundError`` when ``root`` holds none.
     """

@@ -4,7 +4,7 @@ A :class:`SinogramRestorer` maps a low-dose sinogram of raw counts to an estimat
 full-dose sinogram (``restore(y_low, drf) -> y_hat``); :func:`reconstruct` then turns any
 sinogram into an image with the slice's physics model (MLEM/OSEM by default, FBP for
 parallel-beam data), and :func:`dataset_forward_model` rebuilds that physics model for a slice
-of a data set made by :func:`pettk.sim.build_dataset`. RED (:mod:`.red`) and DREAM implement
+of a data set made by :func:`pettk.sim.datasets.build_dataset`. RED (:mod:`.red`) and DREAM implement
 the interface.
 
 An :class:`ImagePrior` reconstructs an image directly from a measured sinogram and the physics
@@ -157,7 +157,7 @@ def _load_manifest(manifest) -> dict:
 
 
 def dataset_forward_model(manifest, mult, additive) -> ForwardModel:
-    """The physics model of one slice of a :func:`pettk.sim.build_dataset` data set.
+    """The physics model of one slice of a :func:`pettk.sim.datasets.build_dataset` data set.
 
     Parameters
     ----------
@@ -165,7 +165,7 @@ def dataset_forward_model(manifest, mult, additive) -> ForwardModel:
         The data set's manifest (or its folder / ``manifest.json`` path).
     mult, additive : array or tensor ``(n_views, n_radial)``
         The slice's multiplicative factors (attenuation × counts scale) and expected
-        randoms + scatter (counts), as served by :class:`pettk.sim.SliceDataset`.
+        randoms + scatter (counts), as served by :class:`pettk.sim.datasets.SliceDataset`.
 
     Returns
     -------

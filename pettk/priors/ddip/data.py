@@ -17,7 +17,7 @@ log = logging.getLogger("pettk.priors.ddip")
 
 
 def slab_indices(n_slices: int, channels: int) -> torch.Tensor:
-    """Slice indices of every slab: ``(n_slices, channels)``, slab ``z`` holds ``z - c//2 .. z + c//2``
+    """Slice indices of every slab: ``(n_slices, channels)``, slab ``z`` holds slices ``z - c//2`` to ``z + c//2``
     clamped to the volume (edge slices replicated)."""
     half = channels // 2
     z = torch.arange(n_slices)[:, None] + torch.arange(-half, half + 1)[None, :]
@@ -92,7 +92,7 @@ class DDIPImages(torch.utils.data.Dataset):
 
     @classmethod
     def from_dataset(cls, root, config: DDIPConfig, split: str = "train") -> DDIPImages:
-        """Slabs from the ``truth`` and ``mr`` images of a :func:`pettk.sim.build_dataset` split."""
+        """Slabs from the ``truth`` and ``mr`` images of a :func:`pettk.sim.datasets.build_dataset` split."""
         items, manifest = load_split(root, split, None)
         cfg = manifest.get("config", {})
         if config.slices > 1:
@@ -112,7 +112,7 @@ def phantom_training_images(config: DDIPConfig, n_subjects: int, slices_per_subj
 
     Subject ``i`` uses seed ``seed + i``; its slices are evenly spaced over ``slice_range_mm``
     around the basal-ganglia level (default: adjacent 2.03 mm slices for 2.5D, 40 mm otherwise)
-    on the 267 mm field of view of :class:`pettk.sim.DatasetConfig` at ``image_size`` (default
+    on the 267 mm field of view of :class:`pettk.sim.datasets.DatasetConfig` at ``image_size`` (default
     ``config.net.image_size``).
     """
     from ...geometry import ImageGrid

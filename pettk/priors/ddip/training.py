@@ -23,7 +23,7 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
     ----------
     config : DDIPConfig
     dataset_root : path or DDIPImages
-        A data set folder built by :func:`pettk.sim.build_dataset` (its ``train`` split's
+        A data set folder built by :func:`pettk.sim.datasets.build_dataset` (its ``train`` split's
         ``truth`` and ``mr`` images; for 2.5D build it with adjacent slices), or training slabs
         made by :class:`DDIPImages` / :func:`phantom_training_images`.
     out_dir : path, optional

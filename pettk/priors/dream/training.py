@@ -145,7 +145,7 @@ def train_dream(config: DREAMConfig, dataset, out_dir=None, progress: bool = Fal
         E.g. :attr:`DREAMConfig.TINY`, or ``DREAMConfig.from_json(path)``.
     dataset : path or dataset
         A data set folder (its ``train`` split at ``config.drf`` with the ``"dream"`` normalisation
-        is used), or a :class:`~pettk.sim.SliceDataset` / any dataset of dicts with DREAM-normalised
+        is used), or a :class:`~pettk.sim.datasets.SliceDataset` / any dataset of dicts with DREAM-normalised
         ``low`` and ``full`` sinograms ``(n_views, n_radial)`` (both divided by ``max(DRF·y_low)``).
     out_dir : path, optional
         Trainer checkpoints go to ``out_dir/s1``, ``out_dir/s2a``, ``out_dir/s2b``; the model to

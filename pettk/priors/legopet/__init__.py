@@ -27,7 +27,7 @@ Intensities and sizes
 ---------------------
 Images are mapped to [-1, 1] by the training set's maximum activity ``image_max``
 (``x = 2 a / image_max - 1``) and sinograms are divided by their own maximum (the ``"legopet"``
-normalisation of :class:`~pettk.sim.SliceDataset`). Both networks work on a square *canvas*, the
+normalisation of :class:`~pettk.sim.datasets.SliceDataset`). Both networks work on a square *canvas*, the
 preset's ``net.image_size`` (32² tiny, 128² GPU, 256² full as in the paper):
 
 - the image grid ``(nx, ny)`` must fit the canvas; it is padded symmetrically with -1 (activity

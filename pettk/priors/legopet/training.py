@@ -87,7 +87,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     ----------
     config : LegoPETConfig
     dataset_root : path
-        A data set folder made by :func:`pettk.sim.build_dataset`: its ``train`` split is used
+        A data set folder made by :func:`pettk.sim.datasets.build_dataset`: its ``train`` split is used
         (sinogram: ``full`` or ``low_drf{drf}``; image: ``config.target``; intensity scale: the
         manifest's ``train_image_max``).
     out_dir : path, optional

@@ -55,7 +55,7 @@ def reference_statistics(source, normalisation: str = "ddip", mask_threshold: fl
     Parameters
     ----------
     source : path or array
-        A data set folder built by :func:`pettk.sim.build_dataset` (its ``split`` subjects'
+        A data set folder built by :func:`pettk.sim.datasets.build_dataset` (its ``split`` subjects'
         ``truth`` images, normalised as the image model was: ``"ddip"`` divides by the
         manifest's ``train_image_max``, ``"none"`` keeps the activity), or the normalised training
         images themselves, ``(N, H, W)``.

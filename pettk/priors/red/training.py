@@ -48,7 +48,7 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
     config : REDConfig
     dataset : path or dataset
         A data set folder (its ``train`` split at ``config.drf`` with the ``"red"`` normalisation
-        is used), or a :class:`~pettk.sim.SliceDataset` / any dataset of dicts with RED-normalised
+        is used), or a :class:`~pettk.sim.datasets.SliceDataset` / any dataset of dicts with RED-normalised
         ``low`` (x_T) and ``full`` (x_0) sinograms ``(n_views, n_radial)``.
     out_dir : path, optional
         Trainer checkpoints go to ``out_dir/ren`` and ``out_dir/dcn``; the model to

@@ -102,7 +102,7 @@ def mirror_x(p: np.ndarray) -> np.ndarray:
 
 
 class RandomField:
-    """A smooth random field of unit variance: ``sqrt(2 / m) * sum_j cos(k_j . p + phi_j)``.
+    """A smooth random field of unit variance: ``sqrt(2 / m) * sum_j cos(k_j·p + phi_j)``.
 
     Parameters
     ----------
