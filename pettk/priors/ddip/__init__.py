@@ -20,8 +20,8 @@ on Chung & Ye, "Deep Diffusion Image Prior for Efficient OOD Adaptation in 3D In
      image** ``x_PEM`` = ``em_iterations`` iterations of
      :func:`~pettk.diffusion.posterior.penalised_em_step` (one EM update with attenuation,
      normalisation and background, then the closed-form HQS root of METHODS §4.4.3) anchored at
-     ``x̂₀`` (no gradient through the projector); ``loss="sinogram"`` instead back-propagates the Poisson deviance of
-     ``forward_model(x̂₀)`` through the projector's autograd (the unused option of the released
+     ``x̂₀`` (no gradient through the projector); ``loss="sinogram"`` instead back-propagates
+     the Poisson deviance of ``forward_model(x̂₀)`` through the projector's autograd (the unused option of the released
      code);
   2. *sample*: ``x̂₀`` with the adapted θ, clamped to ``[0, 1]``, then the DDIM-η step
      ``x_{t'} = √ᾱ_{t'} x̂₀ + √(1-ᾱ_{t'}) (η ξ + √(1-η²) ε̂)`` (``eta_form="ddip"``).
