@@ -102,6 +102,12 @@ def test_forward_model_attenuation_is_the_mean_of_the_span1_factors():
     model = pettk.ForwardModel(SpanProjector(pre.grid, span), mu=mu)
     base = pettk.attenuation_factors(pettk.Projector(pre.grid, pre.layout), mu)
     np.testing.assert_allclose(model.mult.numpy(), span.average(base), rtol=1e-12)
+    image = np.random.default_rng(4).random(pre.grid.shape)
+    full = model.forward(image)
+    for sub in model.subsets(4):
+        np.testing.assert_allclose(sub.forward(image), sub.projector.select(full), rtol=1e-10)
+    again = SpanLayout.from_dict(span.to_dict())
+    assert again.shape == span.shape and np.array_equal(again.plane_of_base, span.plane_of_base)
 
 
 def test_reconstruction_of_compressed_data_matches_span1():

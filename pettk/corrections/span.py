@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from .._validation import as_positive_int
-from ..geometry import LORTables, SinogramLayout, _select_views
+from ..geometry import LORTables, SinogramLayout, _select_views, from_dict
 from ..physics import attenuation_factors
 from ..projector import Projector
 
@@ -137,6 +137,13 @@ class SpanLayout:
 
     def to_dict(self) -> dict:
         return {"type": "SpanLayout", "base": self.base.to_dict(), "span": self.span}
+
+    @classmethod
+    def from_dict(cls, description: dict) -> SpanLayout:
+        """Rebuild from :meth:`to_dict` (``pettk.geometry.from_dict`` does not know span layouts)."""
+        if not isinstance(description, dict) or description.get("type") != "SpanLayout":
+            raise ValueError(f"a SpanLayout description must be a dict with type 'SpanLayout', got {description!r}")
+        return cls(from_dict(description["base"]), description["span"])
 
     # -- the compression operator --------------------------------------------------------------
     def compress(self, y, plane_axis: int = -3):
