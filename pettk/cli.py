@@ -176,8 +176,8 @@ def _recon_petsird(args: argparse.Namespace) -> int:
 
     if args.sinogram is not None:
         raise SystemExit("pettk recon: give either a sinogram file or --petsird FILE, not both")
-    if args.algorithm != "osem":
-        raise SystemExit("pettk recon: --petsird reconstructs with list-mode OSEM (--algorithm osem)")
+    if args.algorithm != "osem" or args.method:
+        raise SystemExit("pettk recon: --petsird reconstructs with list-mode OSEM (--algorithm osem, no --method)")
     output = str(args.output)
     if not (output.endswith(".nii") or output.endswith(".nii.gz")):
         raise SystemExit(f"pettk recon: --output must end in .nii or .nii.gz, got {output!r}")
@@ -224,6 +224,9 @@ def _recon(args: argparse.Namespace) -> int:
     _check_output_file(output)
     _check_numbers(args)
     _check_dicom_folder(args)
+    if args.method and args.algorithm != "osem":
+        raise SystemExit("pettk recon: give either --algorithm or --method (a learned method), not both")
+    learned = _learned_model(args) if args.method else None
     data = load_sinogram(args.sinogram)
     grid = data.grid
     # build the filters now: a bad FWHM fails here, not after the reconstruction
@@ -236,17 +239,19 @@ def _recon(args: argparse.Namespace) -> int:
         if mu_grid.shape != grid.shape:
             raise SystemExit(f"pettk recon: the mu-map has shape {mu_grid.shape}, the sinogram's grid {grid.shape}")
     prompts = data.prompts.astype(np.float32)
-    if args.algorithm == "fbp":
+    method = args.method or args.algorithm
+    if args.algorithm == "fbp" and not args.method:
         if not isinstance(data.geometry, ParallelBeam2D) or data.tof is not None:
             raise SystemExit("pettk recon: fbp needs a non-TOF 2D parallel-beam sinogram")
         image = recon.fbp(prompts, data.geometry, grid, window=args.window)
     else:
-        projector = Projector(grid, data.geometry, tof=data.tof)
-        model = ForwardModel(projector, psf=psf, normalisation=data.normalisation,
+        model = ForwardModel(Projector(grid, data.geometry, tof=data.tof), psf=psf, normalisation=data.normalisation,
                              attenuation=data.attenuation, mu=None if data.attenuation is not None else mu,
                              additive=data.additive)
         progress = not args.no_progress
-        if args.algorithm == "mlem":
+        if args.method:
+            image = _recon_learned(args, learned, model, prompts, grid)
+        elif args.algorithm == "mlem":
             image = recon.mlem(model, prompts, args.iterations, progress=progress)
         elif args.algorithm == "osem":
             image = recon.osem(model, prompts, args.iterations, args.subsets, progress=progress)
@@ -259,9 +264,46 @@ def _recon(args: argparse.Namespace) -> int:
     if args.post_filter_mm:
         image = recon.post_filter(image, grid, args.post_filter_mm)
     save_nifti(output, np.asarray(image, dtype=np.float32), grid)
-    print(f"pettk recon: {args.algorithm} -> {output} (shape {tuple(grid.shape)}, voxel {grid.voxel_size_mm} mm)")
-    _write_dicom(args, np.asarray(image, dtype=np.float32), grid, f"pettk {args.algorithm}")
+    print(f"pettk recon: {method} -> {output} (shape {tuple(grid.shape)}, voxel {grid.voxel_size_mm} mm)")
+    _write_dicom(args, np.asarray(image, dtype=np.float32), grid, f"pettk {method}")
     return 0
+
+
+def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
+    """``pettk recon --method``: the loaded model on the file's 2D or 3D data (:mod:`pettk.priors.apply`)."""
+    from .io import load_nifti
+    from .priors.apply import reconstruct_learned
+
+    mr = None
+    if args.mr is not None:
+        mr, mr_grid = load_nifti(args.mr, ndim=grid.ndim)
+        if mr_grid.shape != grid.shape:
+            raise SystemExit(f"pettk recon: the MR has shape {mr_grid.shape}, the sinogram's grid {grid.shape}")
+    try:
+        return reconstruct_learned(args.method, learned, model, prompts, drf=args.drf, mr=mr,
+                                   iterations=args.iterations, subsets=args.subsets, progress=not args.no_progress)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"pettk recon: --method {args.method}: {err}") from None
+
+
+def _learned_model(args: argparse.Namespace):
+    """``pettk recon --method``: the model named by ``--model`` (a shipped name or a checkpoint file;
+    default the method's shipped model), loaded before any reconstruction work."""
+    from . import models
+    from .evaluation.methods import DEFAULT_MODELS
+
+    name = args.model or DEFAULT_MODELS.get(args.method)
+    if name is None:
+        raise SystemExit(f"pettk recon: --method {args.method} ships no model: give --model CHECKPOINT.safetensors")
+    if args.drf is not None and args.method not in ("red", "dream"):
+        raise SystemExit(f"pettk recon: --drf is for the sinogram restorers (red, dream), not {args.method}")
+    if args.mr is not None and args.method not in ("ddip", "pet-dds"):
+        raise SystemExit(f"pettk recon: --mr is for ddip and pet-dds, not {args.method}")
+    if name in models.REGISTRY:
+        if models.REGISTRY[name] != args.method:
+            raise SystemExit(f"pettk recon: model {name!r} is a {models.REGISTRY[name]} model, not {args.method}")
+        return models.load(name)
+    return models.load_checkpoint_for(args.method, name)
 
 
 def _check_dicom_folder(args: argparse.Namespace) -> None:
@@ -690,6 +732,13 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--gamma", type=float, default=2.0, help="RDP edge parameter (default 2)")
     rec.add_argument("--epsilon", type=float, default=1e-3, help="RDP epsilon / TV delta (image units)")
     rec.add_argument("--mu", help="mu-map NIfTI (1/mm) when the file has no attenuation factors")
+    rec.add_argument("--method", choices=("red", "dream", "ddip", "legopet", "pet-dds"),
+                     help="a learned method instead of --algorithm (2D or 3D sinograms; red/dream: then OSEM "
+                          "with --iterations/--subsets)")
+    rec.add_argument("--model", help="--method's model: a shipped name (pettk.models) or a .safetensors checkpoint "
+                                     "(default: the method's shipped model)")
+    rec.add_argument("--drf", type=float, help="red/dream: the data's dose-reduction factor (default the model's)")
+    rec.add_argument("--mr", help="ddip/pet-dds: co-registered MR NIfTI on the sinogram's grid")
     rec.add_argument("--window", choices=("ramp", "shepp-logan", "cosine", "hamming", "hann"), default="hann",
                      help="FBP window (default hann)")
     rec.add_argument("--dicom", metavar="DIR", help="also write a DICOM PET series (one file per slice) into the new "
