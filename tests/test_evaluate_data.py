@@ -12,6 +12,7 @@ import pytest
 from pettk.cli import main
 from pettk.evaluation import VALIDATION_SEED, EvalData, evaluate
 from pettk.metrics import lesion_contrast_recovery, lesion_rois
+from pettk.priors import SinogramRestorer
 from pettk.sim.datasets import FIELDS, DatasetConfig, build_dataset
 
 # -- contrast recovery -------------------------------------------------------------------------
@@ -280,7 +281,7 @@ def test_osem_tuning_grid_extends_past_a_winning_end():
     assert len(interior) == 9              # an interior optimum leaves the grid as it is
 
 
-class _ScaledCounts:
+class _ScaledCounts(SinogramRestorer):
     """The simplest sinogram restorer: the unbiased full-dose estimate DRF · y_low (counts its calls)."""
 
     def __init__(self):

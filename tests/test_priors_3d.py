@@ -184,7 +184,7 @@ def test_restorers_in_3d_reject_bad_input(red_3d):
     _, scan, y_low, _ = _scan(20)
     with pytest.raises(TypeError, match="SinogramRestorer"):
         restore_planes(object(), y_low, DRF)
-    with pytest.raises(ValueError, match="3D sinogram"):
+    with pytest.raises(ValueError, match="sinogram planes"):
         restore_planes(red_3d, y_low[0, 0], DRF)
     with pytest.raises(ValueError, match=r"shape \(\.\.\., 48, 49\)"):      # a sinogram of another layout
         restore_planes(red_3d, y_low[:, :, :40], DRF)

@@ -54,7 +54,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import tempfile
 import time
 from collections import Counter
@@ -85,6 +84,7 @@ from .data import (
 from .methods import CLASSICAL, DEFAULT_MODELS, LEARNED, METHODS, TUNED, Case, ClassicalSettings, make_runner
 from .report import (
     comparison_lines,
+    lesion_measurement,
     summarise,
     write_figure,
     write_lesions_csv,
@@ -393,18 +393,8 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
                        "slice": case.info["slice"], "psnr": psnr(image, truth), "ssim": ssim(image, truth),
                        "nrmse": nrmse(image, truth), "seconds": seconds}
                 rows.append(row)
-                for roi in rois:
-                    lrow = {k: row[k] for k in ("method", "drf", "tracer", "subject", "slice")}
-                    lrow.update(lesion=roi.lesion, kind=roi.kind, pixels=roi.pixels,
-                                background_pixels=roi.background_pixels, skipped=roi.skipped)
-                    if roi.skipped:
-                        lrow.update(true_contrast="", image_contrast="", cr="")
-                    else:
-                        bg = float(image[roi.background].mean())
-                        lrow.update(true_contrast=roi.true_contrast,
-                                    image_contrast=float(image[roi.mask].mean()) / bg if bg > 0 else math.nan,
-                                    cr=roi.recovery(image, truth) if bg > 0 else math.nan)
-                    lesion_rows.append(lrow)
+                key = {k: row[k] for k in ("method", "drf", "tracer", "subject", "slice")}
+                lesion_rows += [{**key, **lesion_measurement(roi, image, truth)} for roi in rois]
                 images.setdefault((method, drf, subject), []).append(image)
                 first.setdefault(drf, (item, {}, {}, tracer))
                 if first[drf][0] is item:

@@ -33,6 +33,8 @@ import torch
 
 from ..geometry import ImageGrid
 from ..physics import ForwardModel
+from ..priors.apply import reconstruct_learned
+from ..priors.volume import reconstruct_restored
 from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp
 
 __all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "make_runner",
@@ -199,15 +201,18 @@ def _mlem(case: Case, s: ClassicalSettings) -> torch.Tensor:
 
 def _restorer(restorer, method: str) -> Callable[[Case, ClassicalSettings], torch.Tensor]:
     def run(case: Case, s: ClassicalSettings) -> torch.Tensor:
-        y_hat = restorer.restore(case.y_low, case.drf).clamp_min(0)
-        x = osem(case.model, y_hat, getattr(s, f"{method}_osem_iterations"), s.osem_subsets)
-        return filtered(x, case.grid, getattr(s, f"{method}_post_filter_mm"))
+        return reconstruct_restored(restorer, case.model, case.y_low, case.drf,
+                                    iterations=getattr(s, f"{method}_osem_iterations"), subsets=s.osem_subsets,
+                                    post_filter_mm=getattr(s, f"{method}_post_filter_mm"))
     return run
 
 
-def _image_prior(prior, use_mr: bool) -> Callable[[Case, ClassicalSettings], torch.Tensor]:
+def _image_prior(prior, method: str) -> Callable[[Case, ClassicalSettings], torch.Tensor]:
+    use_mr = method in ("ddip", "pet-dds")  # an unconditional PET-DDS ignores mr
+
     def run(case: Case, s: ClassicalSettings) -> torch.Tensor:
-        return prior.reconstruct(case.model_low, case.y_low, mr=case.mr if use_mr else None)
+        return torch.as_tensor(reconstruct_learned(method, prior, case.model_low, case.y_low,
+                                                   mr=case.mr if use_mr else None))
     return run
 
 
@@ -230,5 +235,5 @@ def make_runner(method: str, model=None, settings: ClassicalSettings | None = No
     elif method in ("red", "dream"):
         fn = _restorer(model, method)
     else:
-        fn = _image_prior(model, use_mr=method in ("ddip", "pet-dds"))  # unconditional PET-DDS ignores mr
+        fn = _image_prior(model, method)
     return lambda case: fn(case, settings)

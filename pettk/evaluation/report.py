@@ -16,8 +16,9 @@ import numpy as np
 from ..geometry import ImageGrid
 from ..io import atomic_path, save_nifti
 
-__all__ = ["ROW_FIELDS", "LESION_FIELDS", "CR_FIELDS", "comparison_lines", "summarise", "markdown_table",
-           "write_rows_csv", "write_lesions_csv", "write_summary", "write_figure", "write_nifti_stack"]
+__all__ = ["ROW_FIELDS", "LESION_FIELDS", "CR_FIELDS", "OPTIONAL_METRICS", "lesion_measurement", "comparison_lines",
+           "summarise", "markdown_table", "write_rows_csv", "write_lesions_csv", "write_summary", "write_figure",
+           "write_nifti_stack"]
 
 #: Columns of the per-slice CSV.
 ROW_FIELDS = ("method", "drf", "tracer", "subject", "slice", "psnr", "ssim", "nrmse", "seconds")
@@ -25,8 +26,23 @@ ROW_FIELDS = ("method", "drf", "tracer", "subject", "slice", "psnr", "ssim", "nr
 #: ``cr`` is empty and ``skipped`` says why for lesions that are not measured.
 LESION_FIELDS = ("method", "drf", "tracer", "subject", "slice", "lesion", "kind", "pixels", "background_pixels",
                  "true_contrast", "image_contrast", "cr", "skipped")
+#: Metrics a row may add (3D evaluation): ``axial`` is :func:`pettk.metrics.axial_gradient_error`.
+OPTIONAL_METRICS = ("axial",)
 #: Contrast-recovery columns of a summary row (when :func:`summarise` is given lesion rows).
 CR_FIELDS = ("cr_hot", "cr_hot_std", "n_hot", "cr_cold", "cr_cold_std", "n_cold")
+
+
+def lesion_measurement(roi, image: np.ndarray, truth: np.ndarray) -> dict:
+    """The :data:`LESION_FIELDS` of one lesion (a :class:`~pettk.metrics.LesionROI`) in ``image``
+    (empty contrast fields for a skipped lesion, NaN when the image's background is not positive)."""
+    out = {"lesion": roi.lesion, "kind": roi.kind, "pixels": roi.pixels, "background_pixels": roi.background_pixels,
+           "skipped": roi.skipped}
+    if roi.skipped:
+        return {**out, "true_contrast": "", "image_contrast": "", "cr": ""}
+    bg = float(image[roi.background].mean())
+    return {**out, "true_contrast": roi.true_contrast,
+            "image_contrast": float(image[roi.mask].mean()) / bg if bg > 0 else math.nan,
+            "cr": roi.recovery(image, truth) if bg > 0 else math.nan}
 
 
 def _cr_summary(lesion_rows: list[dict], key: tuple) -> dict:
@@ -58,7 +74,7 @@ def summarise(rows: list[dict], lesion_rows: list[dict] | None = None) -> list[d
     for key in order:
         group = groups[key]
         entry = {"method": key[0], "drf": key[1], "tracer": key[2], "n": len(group)}
-        for metric in ("psnr", "ssim", "nrmse", "seconds"):
+        for metric in ("psnr", "ssim", "nrmse", "seconds") + tuple(m for m in OPTIONAL_METRICS if m in group[0]):
             values = np.array([float(r[metric]) for r in group], dtype=np.float64)
             entry[metric] = float(values.mean())
             entry[f"{metric}_std"] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
@@ -77,20 +93,24 @@ def _cr_cell(e: dict, kind: str) -> str:
     return f"{_pm(e[f'cr_{kind}'], e[f'cr_{kind}_std'], 2)} ({n})" if n else "n/a"
 
 
-def markdown_table(summary: list[dict], labels: dict[str, str] | None = None) -> str:
+def markdown_table(summary: list[dict], labels: dict[str, str] | None = None, unit: str = "slice") -> str:
     """A Markdown table, one row per (method, DRF, tracer): PSNR (dB), SSIM, NRMSE, s per slice,
     and ``CR hot`` / ``CR cold`` (mean ± std over lesions, their number in brackets) when the
-    summary has contrast recovery."""
+    summary has contrast recovery, the axial gradient error when it has one; ``unit`` names what a
+    row's time is per (``"slice"``, ``"volume"``)."""
     labels = labels or {}
     with_cr = any("cr_hot" in e for e in summary)
+    with_axial = any("axial" in e for e in summary)
     cr_head, cr_rule = (" CR hot | CR cold |", "---|---|") if with_cr else ("", "")
-    lines = [f"| method | DRF | tracer | n | PSNR (dB) | SSIM | NRMSE |{cr_head} s / slice |",
-             f"|---|---|---|---|---|---|---|{cr_rule}---|"]
+    ax_head, ax_rule = (" axial grad. error |", "---|") if with_axial else ("", "")
+    lines = [f"| method | DRF | tracer | n | PSNR (dB) | SSIM | NRMSE |{cr_head}{ax_head} s / {unit} |",
+             f"|---|---|---|---|---|---|---|{cr_rule}{ax_rule}---|"]
     for e in summary:
         cr = f" {_cr_cell(e, 'hot')} | {_cr_cell(e, 'cold')} |" if with_cr else ""
+        ax = f" {_pm(e['axial'], e['axial_std'], 3)} |" if with_axial else ""
         lines.append(f"| {labels.get(e['method'], e['method'])} | {e['drf']:g} | {e['tracer']} | {e['n']} | "
                      f"{_pm(e['psnr'], e['psnr_std'], 2)} | {_pm(e['ssim'], e['ssim_std'], 3)} | "
-                     f"{_pm(e['nrmse'], e['nrmse_std'], 3)} |{cr} {e['seconds']:.2f} |")
+                     f"{_pm(e['nrmse'], e['nrmse_std'], 3)} |{cr}{ax} {e['seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -104,10 +124,11 @@ def _csv_text(rows: list[dict], fields) -> str:
 
 
 def write_rows_csv(path, rows: list[dict]) -> Path:
-    """Per-slice metrics as CSV (:data:`ROW_FIELDS`)."""
+    """Per-slice (or per-volume) metrics as CSV (:data:`ROW_FIELDS` and the optional metrics the rows have)."""
     path = Path(path)
+    fields = ROW_FIELDS + tuple(m for m in OPTIONAL_METRICS if any(m in r for r in rows))
     with atomic_path(path) as tmp:
-        tmp.write_text(_csv_text(rows, ROW_FIELDS))
+        tmp.write_text(_csv_text(rows, fields))
     return path
 
 
@@ -120,16 +141,17 @@ def write_lesions_csv(path, rows: list[dict]) -> Path:
 
 
 def write_summary(out_dir, summary: list[dict], labels: dict[str, str] | None = None,
-                  preamble: str = "", postscript: str = "") -> tuple[Path, Path]:
+                  preamble: str = "", postscript: str = "", unit: str = "slice") -> tuple[Path, Path]:
     """``metrics.md`` (preamble + table + postscript) and ``metrics.csv`` (mean and std columns) in ``out_dir``."""
     out_dir = Path(out_dir)
     md, csv_path = out_dir / "metrics.md", out_dir / "metrics.csv"
     with atomic_path(md) as tmp:
-        tmp.write_text(preamble + markdown_table(summary, labels) + postscript)
+        tmp.write_text(preamble + markdown_table(summary, labels, unit) + postscript)
     fields = ["method", "drf", "tracer", "n"] + [f"{m}{s}" for m in ("psnr", "ssim", "nrmse", "seconds")
                                                  for s in ("", "_std")]
     if any("cr_hot" in e for e in summary):
         fields += list(CR_FIELDS)
+    fields += [f"{m}{s}" for m in OPTIONAL_METRICS if any(m in e for e in summary) for s in ("", "_std")]
     with atomic_path(csv_path) as tmp:
         tmp.write_text(_csv_text(summary, fields))
     return md, csv_path

@@ -16,6 +16,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..metrics import psnr
+from ..priors.volume import restore_planes
 from ..recon import osem
 from .methods import Case, ClassicalSettings, filtered, make_runner
 
@@ -171,7 +172,7 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
             log.info("DRF %g: BSREM-RDP PSNR per gamma: %s", drf,
                      {g: {beta: round(v, 3) for beta, v in sc.items()} for g, (_, sc) in per_gamma.items()})
         for method in (m for m in RESTORERS if m in methods):
-            restored = [restorers[method].restore(c.y_low, c.drf).clamp_min(0) for c in mine]
+            restored = [restore_planes(restorers[method], c.y_low, c.drf).clamp_min(0) for c in mine]
 
             def restored_score(n, f, restored=restored, mine=mine, subsets=b.osem_subsets):
                 values = []

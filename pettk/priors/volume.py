@@ -101,7 +101,7 @@ def restore_planes(restorer: SinogramRestorer, y_low, drf: float, *, batch_size:
     restorer : SinogramRestorer
         RED or DREAM (trained on 2D sinograms ``(n_views, n_radial)`` of the scanner's direct plane).
     y_low : array or tensor ``(..., n_planes, n_views, n_radial)``
-        Low-dose counts (raw, >= 0).
+        Low-dose counts (raw, >= 0); a single 2D sinogram ``(n_views, n_radial)`` works too.
     drf : float
         Dose-reduction factor of ``y_low`` (the restorer's).
     batch_size : int, optional
@@ -117,8 +117,8 @@ def restore_planes(restorer: SinogramRestorer, y_low, drf: float, *, batch_size:
     if not isinstance(restorer, SinogramRestorer):
         raise TypeError(f"restorer must be a pettk SinogramRestorer (RED, DREAM), got {type(restorer).__name__}")
     y, is_numpy = _counts_tensor("y_low", y_low)
-    if y.ndim < 3:
-        raise ValueError(f"y_low must be a 3D sinogram (..., n_planes, n_views, n_radial), got shape {tuple(y.shape)}")
+    if y.ndim < 2:
+        raise ValueError(f"y_low must be sinogram planes (..., n_views, n_radial), got shape {tuple(y.shape)}")
     flat = y.reshape((-1,) + tuple(y.shape[-2:]))
     first = restorer.restore(flat[:1], drf)            # checks shape, DRF and values before the long run
     n = flat.shape[0]
