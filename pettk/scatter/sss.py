@@ -28,10 +28,10 @@ Speed (Watson's approximations)
   the block's ``sum(mu) * voxel volume``.
 * Detectors: a coarse subset of crystals (``per_side`` on every polygon side, its end crystals
   included, so that no interpolation crosses a corner) on a subset of rings (``n_axial``); ``s`` is
-  computed on every pair of them and interpolated (quadrilinearly, in crystal index and ring
-  index; see :func:`~pettk.scatter._kernels.interpolate_pairs`) to every LOR of the sinogram. The
-  detector normals are factored out of the sum before interpolating (the polygon's normal jumps
-  at every corner) and put back per LOR.
+  computed on the pairs of them that the sinogram's LORs lie between, then interpolated to every
+  LOR: transaxially in crystal index (the log of a positive scale, and a normal-free 2 x 2 matrix
+  linearly: the detector normals are factored out of the sum, because the polygon's normal jumps
+  at every corner, and put back per LOR), then axially in ring index (linearly).
 * Line integrals (mu and activity, scatter point to every coarse detector) come from pettk's
   Joseph :class:`~pettk.projector.Projector` on a :class:`~pettk.geometry.LORList`, at full image
   resolution; ``int mu'`` is ``mu(E')/mu(511) * int mu`` (Compton-dominated media).
