@@ -221,8 +221,13 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     Returns
     -------
     Scatter sinogram of the layout's full (non-TOF) shape, of the activity's array type and
-    dtype (float32 stays float32: a full 3D sinogram is large; a tensor comes back on the
-    activity's device). Units: those of ``P(activity)`` (see the module docstring).
+    dtype (float32 stays float32: a full 3D sinogram is large). Units: those of ``P(activity)``
+    (see the module docstring). Not differentiable.
+
+    Notes
+    -----
+    The computation runs on the CPU (numba kernels and the CPU projector): CUDA tensors are copied
+    to the CPU and the result is copied back to the activity's device.
     """
     if not isinstance(projector, Projector):
         raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
