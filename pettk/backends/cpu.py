@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import _joseph_cpu as K
+from . import _joseph_sino as S
 from ._threads import keep_torch_threads
 
 name = "cpu"
@@ -55,6 +56,13 @@ class CPUPlan:
                                   1.0 / tof.bin_width_mm, 1.0 / (np.sqrt(2.0) * tof.sigma_mm)])
             self._tof_bin = None if tables.tof_bin is None else np.ascontiguousarray(tables.tof_bin, dtype=np.int64)
         self._kernel_shape = tuple(int(n) for n in self._shape)
+        # 3D sinograms run through the factorised kernels, except the LORs those leave out
+        self._sino = grid.ndim == 3 and self._outer and tof is None
+        if self._sino:
+            self._generic = S.generic_lors(self._trans, self._axial)
+            n_t = self._trans.shape[0]
+            self._g_trans = np.ascontiguousarray(self._trans[self._generic % n_t])
+            self._g_axial = np.ascontiguousarray(self._axial[self._generic // n_t])
         self._strides = K.padded_strides(self._kernel_shape)
 
     @keep_torch_threads
@@ -64,7 +72,13 @@ class CPUPlan:
         args = (img, self._strides, self._shape, self._origin, self._vs, self._trans, self._axial)
         if self.tof is None:
             out = np.empty(self.n_lors, dtype=img.dtype)
-            if self.ndim == 3:
+            if self._sino:
+                S.forward3d_sino(*args, out.reshape(self._axial.shape[0], -1))
+                if self._generic.size:
+                    part = np.empty(self._generic.size, dtype=img.dtype)
+                    K.forward3d(*args[:5], self._g_trans, self._g_axial, False, part)
+                    out[self._generic] = part
+            elif self.ndim == 3:
                 K.forward3d(*args, self._outer, out)
             else:
                 K.forward2d(img, self._strides, self._shape, self._origin, self._vs, self._trans, out)
@@ -84,7 +98,12 @@ class CPUPlan:
         buffers = np.zeros((K.n_adjoint_chunks(self.n_lors), n_padded), dtype=yv.dtype)
         geo = (self._strides, self._shape, self._origin, self._vs, self._trans, self._axial)
         if self.tof is None:
-            if self.ndim == 3:
+            if self._sino:
+                S.adjoint3d_sino(yv.reshape(self._axial.shape[0], -1), *geo, buffers)
+                if self._generic.size:
+                    K.adjoint3d(np.ascontiguousarray(yv[self._generic]), *geo[:4], self._g_trans, self._g_axial,
+                                False, buffers)
+            elif self.ndim == 3:
                 K.adjoint3d(yv, *geo, self._outer, buffers)
             else:
                 K.adjoint2d(yv, self._strides, self._shape, self._origin, self._vs, self._trans, buffers)
