@@ -95,6 +95,9 @@ def fit_tail_scale(prompts, scatter, mask, randoms=None, method: str = "poisson"
             raise ValueError(f"{name} must be finite and >= 0")
     m = m.to(y.device)
     y, s, r = y[m], s[m].to(y.device), r[m].to(y.device)
+    # bins with no scatter and no randoms (e.g. unmeasurable LORs, efficiency 0) say nothing about a
+    informative = (s > 0) | (r > 0)
+    y, s, r = y[informative], s[informative], r[informative]
     if y.numel() == 0:
         raise ValueError("mask selects no bins: no scatter tails to fit (lower threshold or margin)")
     ss = float((s * s).sum())
