@@ -154,12 +154,12 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
                     grad -= beta * (prior_grad if i == 0 else prior.gradient(x))
                 x = project(x + alpha * precond * grad)
         elif (k - warmup) % snapshot_every == 0:
-            stored, value = [], 0.0
+            stored, value, full_lik = [], 0.0, torch.zeros_like(x)
             for s in subset_progress(range(M)):
                 g, v = likelihood_gradient(s, x, want_value=True)
                 stored.append(g)
+                full_lik += g
                 value += v
-            full_lik = torch.stack(stored).sum(0) if M > 1 else stored[0].clone()
             prior_grad, precond = preconditioner(x)
             full = full_lik - beta * prior_grad if beta > 0 else full_lik.clone()
             objective = value - beta * float(prior.value(x)) if beta > 0 else value
