@@ -341,6 +341,7 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial), dtype=out_dtype)
     _kernels.axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)
     out = out.reshape(layout.shape)
+    np.maximum(out, 0.0, out=out)  # rounding in the normal contraction leaves values like -1e-28
     if isinstance(like, torch.Tensor):
         return torch.from_numpy(out).to(device=like.device, dtype=like.dtype)
     return out
