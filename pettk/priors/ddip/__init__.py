@@ -47,6 +47,7 @@ training images), :mod:`.model` (:class:`DDIP`: reconstruction, save/load), :mod
 from .config import DDIPConfig
 from .data import DDIPImages, phantom_training_images, slab_indices
 from .model import DDIP
-from .training import train_ddip
+from .training import corrupted_condition, train_ddip
 
-__all__ = ["DDIPConfig", "DDIP", "train_ddip", "DDIPImages", "phantom_training_images", "slab_indices"]
+__all__ = ["DDIPConfig", "DDIP", "train_ddip", "corrupted_condition", "DDIPImages", "phantom_training_images",
+           "slab_indices"]

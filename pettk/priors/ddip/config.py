@@ -82,6 +82,20 @@ class DDIPConfig(PriorConfig):
         sinogram through the projector.
     mc_slices : int
         3D volumes: slices drawn per fine-tuning step (Monte Carlo over slices, DDIP3D: 3).
+    mr_dropout, mr_mismatch : float
+        Pretraining of an MR-conditioned model: probabilities that a sample's MR is replaced by the
+        null condition (zeros, so that the network also predicts without MR and can be guided) or by
+        another sample's MR (so that it learns not to copy MR structure the PET does not show).
+        0 (the paper's recipe) keeps the MR always.
+    mr_guidance : float
+        Reconstruction: ``out = out(no MR) + mr_guidance · (out(MR) - out(no MR))``; 1 is the plain
+        conditional model, 0 ignores the MR. Values other than 1 need ``mr_dropout > 0``.
+    mr_fallback : bool
+        Reconstruction: before sampling, compare the Poisson deviance of the MR-guided and the
+        MR-free Tweedie estimates of the start image against the data and keep the MR only when it
+        fits the data at least as well; the intensity scale then comes from a head mask of the PET
+        start image, not of the MR. Needs ``mr_dropout > 0``. ``last_info["mr_guidance"]`` records
+        the choice.
     seed : int
         Pretraining seed and the default reconstruction seed.
     """
@@ -119,6 +133,10 @@ class DDIPConfig(PriorConfig):
     eta: float = checked(0.85, _number(0.0, 1.0))
     loss: str = checked("image", Choice(LOSSES))
     mc_slices: int = checked(3, _count(1))
+    mr_dropout: float = checked(0.0, _number(0.0, 1.0))
+    mr_mismatch: float = checked(0.0, _number(0.0, 1.0))
+    mr_guidance: float = checked(1.0, _number())
+    mr_fallback: bool = False
     seed: int = checked(0, _count(0))
 
     TINY = None  # set below (dataclass fields cannot default to instances of the class itself)
@@ -153,6 +171,13 @@ class DDIPConfig(PriorConfig):
             raise ValueError(f"start_t must be < T={self.T}, got {self.start_t}")
         if not self.steps <= self.start_t + 1:
             raise ValueError(f"steps must be <= start_t + 1 = {self.start_t + 1}, got {self.steps}")
+        if self.mr_dropout + self.mr_mismatch > 1:
+            raise ValueError(f"mr_dropout + mr_mismatch must be <= 1, got {self.mr_dropout} + {self.mr_mismatch}")
+        if (self.mr_dropout or self.mr_mismatch) and not self.conditional:
+            raise ValueError("mr_dropout and mr_mismatch are for an MR-conditioned net (net.cond_channels > 0)")
+        if (self.mr_guidance != 1.0 or self.mr_fallback) and not self.mr_dropout > 0:
+            raise ValueError("mr_guidance != 1 and mr_fallback need a model pretrained with mr_dropout > 0 (the "
+                             "network must know the null condition)")
 
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod

@@ -94,7 +94,8 @@ class DDIP(ImagePrior):
         """A DDIP sharing this pretrained network with some reconstruction settings changed
         (e.g. ``ddip.replace(steps=50, beta=0.1)``); network fields cannot change."""
         config = self.config.replace(**changes).validate()
-        for name in ("net", "schedule", "T", "prediction", "target_mean", "mask_threshold"):
+        fixed = ("net", "schedule", "T", "prediction", "target_mean", "mask_threshold", "mr_dropout", "mr_mismatch")
+        for name in fixed:
             if getattr(config, name) != getattr(self.config, name):
                 raise ValueError(f"{name} is fixed by the pretrained model and cannot be replaced")
         other = DDIP(config, self.net)
@@ -207,7 +208,8 @@ class DDIP(ImagePrior):
         mr_vol = None
         if mr_t is not None:
             mr_vol = mr_t.permute(2, 0, 1) if three_d else mr_t[None]
-        scale = cfg.intensity_scale(vol, mr_vol if cfg.conditional else None)   # (nz,)
+        mask_mr = mr_vol if cfg.conditional and not cfg.mr_fallback and cfg.mr_guidance != 0 else None
+        scale = cfg.intensity_scale(vol, mask_mr)                            # (nz,)
         idx = slab_indices(n_z, cfg.slices).to(device)                    # (nz, C)
         centre = cfg.slices // 2
         cond = None
@@ -240,9 +242,18 @@ class DDIP(ImagePrior):
         info = {"init": init_t, "scale": scale, "beta_abs": beta_abs,
                 "trainable": sum(p.numel() for p in trainable), "losses": losses}
 
+        guidance = cfg.mr_guidance
+
         def predict(xs, t, conds, grad=False):
             def call(a, c):
-                out = net(a, torch.full((a.shape[0],), int(t), dtype=torch.long, device=device), c)
+                tt = torch.full((a.shape[0],), int(t), dtype=torch.long, device=device)
+                if c is None or guidance == 1.0:
+                    out = net(a, tt, c)
+                elif guidance == 0.0:
+                    out = net(a, tt, torch.zeros_like(c))
+                else:                            # classifier-free guidance between no MR and the MR
+                    free = net(a, tt, torch.zeros_like(c))
+                    out = free + guidance * (net(a, tt, c) - free)
                 return out[:, :cfg.slices] if out.shape[1] != cfg.slices else out
             ctx = torch.enable_grad() if grad else torch.no_grad()
             with ctx:
@@ -271,6 +282,14 @@ class DDIP(ImagePrior):
             yb = ybar.clamp_min(floor)
             dev = (yb - y_t - torch.xlogy(y_t, yb) + torch.xlogy(y_t, y_t.clamp_min(floor))).sum()
             return dev / y_t.sum().clamp_min(1.0)
+
+        if cfg.mr_fallback and cond is not None and guidance != 0.0:
+            guided, _ = predict(x, grid[0], cond)
+            guidance = 0.0
+            free, _ = predict(x, grid[0], cond)
+            guidance = cfg.mr_guidance if _deviance(model, y_t, to_image(guided.clamp(0.0, 1.0))) <= \
+                _deviance(model, y_t, to_image(free.clamp(0.0, 1.0))) else 0.0
+        info["mr_guidance"] = guidance if cond is not None else None
 
         try:
             for i, t in enumerate(tqdm(grid, desc="DDIP", disable=not progress, leave=False)):
@@ -332,6 +351,13 @@ class DDIP(ImagePrior):
         model = cls(config, net.to(device))
         model.history = meta.get("history", {})
         return model
+
+
+@torch.no_grad()
+def _deviance(model: ForwardModel, y: torch.Tensor, x: torch.Tensor) -> float:
+    """Poisson deviance of the counts ``y`` under the image ``x`` (smaller: a better fit)."""
+    ybar = model.forward(x).clamp_min(max(1e-3 * float(y.mean()), 1e-8))
+    return float((ybar - y - torch.xlogy(y, ybar) + torch.xlogy(y, y)).sum())
 
 
 def _lora_dropout(net: nn.Module, active: bool) -> None:

@@ -12,7 +12,32 @@ from .config import DDIPConfig
 from .data import DDIPImages
 from .model import DDIP, _EpsHead
 
-__all__ = ["train_ddip"]
+__all__ = ["train_ddip", "corrupted_condition"]
+
+
+def corrupted_condition(loss_fn, p_drop: float, p_mismatch: float, key: str = "cond"):
+    """Wrap a training loss so that each sample's condition (the MR) is, with probability
+    ``p_mismatch``, another sample's of the same global batch (a cyclic shift over a random
+    permutation: never its own) and, with probability ``p_drop``, zeros (the null condition of
+    classifier-free guidance). The draws come from the trainer's generator, so a resumed run
+    repeats them exactly; they are made for the global batch before each rank takes its part.
+    """
+
+    def loss(model, batch, generator, part):
+        cond = batch[key]
+        b = cond.shape[0]
+        u = torch.rand(b, generator=generator)
+        order = torch.randperm(b, generator=generator)
+        other = torch.empty_like(order)
+        other[order] = order.roll(1)                 # sample order[i] takes order[i - 1]'s condition
+        mismatch = u < p_mismatch if b > 1 else torch.zeros(b, dtype=torch.bool)
+        drop = (u >= p_mismatch) & (u < p_mismatch + p_drop)
+        new = torch.where(mismatch.to(cond.device).view(-1, *([1] * (cond.ndim - 1))), cond[other.to(cond.device)],
+                          cond)
+        new = torch.where(drop.to(cond.device).view(-1, *([1] * (cond.ndim - 1))), torch.zeros_like(cond), new)
+        return loss_fn(model, {**batch, key: new}, generator, part)
+
+    return loss
 
 
 def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = False, device=None, *,
@@ -70,6 +95,8 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
     schedule = config.build_schedule().to(device)
     loss = diffusion_loss(schedule, key="x", prediction=config.prediction,
                           cond_key="cond" if config.conditional else None)
+    if config.mr_dropout or config.mr_mismatch:
+        loss = corrupted_condition(loss, config.mr_dropout, config.mr_mismatch)
     trainer = Trainer(head, loss, data, config.train_config(), out_dir=out, device=device,
                       model_config={"ddip_config": config.to_dict()}, progress=progress)
     budget.fit(trainer, "ddip")
