@@ -28,6 +28,9 @@
     or FBP and write a NIfTI image; ``--dicom DIR`` also writes it as a DICOM PET series.
 ``pettk recon --petsird FILE --output IMAGE.nii.gz [--iterations 3 --subsets 10 ...]``
     Reconstruct a PETSIRD list-mode file with list-mode OSEM (TOF when the file has it).
+``pettk recon --petsird FILE --estimate-corrections [--mu MU.nii.gz] --output IMAGE.nii.gz``
+    Randoms from the delayeds, attenuation, scatter (SSS ↔ OSEM, tail fit), then sinogram OSEM;
+    prints the randoms and scatter fractions and writes them to ``IMAGE.corrections.json``.
 ``pettk recon --cohort MANIFEST.csv --output DIR [--scheduler local|ADDRESS]``
     Reconstruct every study of a cohort as independent Dask tasks (resumable, per-study failures).
 """
@@ -210,6 +213,11 @@ def _recon_petsird(args: argparse.Namespace) -> int:
     if not (output.endswith(".nii") or output.endswith(".nii.gz")):
         raise SystemExit(f"pettk recon: --output must end in .nii or .nii.gz, got {output!r}")
     _check_dicom_folder(args)
+    if args.estimate_corrections:
+        return _recon_petsird_corrected(args, output)
+    if args.mu is not None:
+        raise SystemExit("pettk recon: --mu with --petsird needs --estimate-corrections (attenuation and scatter "
+                         "are applied by the corrections pipeline)")
     try:
         result = reconstruct_petsird(args.petsird, output, n_iter=args.iterations, n_subsets=args.subsets,
                                      chunk_events=args.chunk_events, progress=not args.no_progress,
@@ -221,6 +229,35 @@ def _recon_petsird(args: argparse.Namespace) -> int:
     print(f"pettk recon: list-mode OSEM of {result.n_events} events from {args.petsird} -> {output} "
           f"(shape {tuple(result.grid.shape)}, voxel {result.grid.voxel_size_mm} mm)")
     _write_dicom(args, result.image, result.grid, "pettk list-mode OSEM")
+    return 0
+
+
+def _recon_petsird_corrected(args: argparse.Namespace, output: str) -> int:
+    """--petsird FILE --estimate-corrections: randoms, attenuation, scatter, then OSEM; report printed
+    and written beside the image as OUTPUT-without-.nii(.gz) + ``.corrections.json``."""
+    from .corrections.acquisition import estimate_corrections, report_lines, write_report
+    from .io import save_nifti
+
+    if args.psf_mm:
+        raise SystemExit("pettk recon: --estimate-corrections does not take --psf-mm")
+    _check_output_file(output)
+    stem = output[:-len(".nii.gz")] if output.endswith(".nii.gz") else output[:-len(".nii")]
+    report_path = stem + ".corrections.json"
+    try:
+        result = estimate_corrections(args.petsird, args.mu, voxel_size_mm=args.voxel_size,
+                                      energy_window_kev=args.energy_window, n_rounds=args.scatter_rounds,
+                                      n_iter=args.iterations, n_subsets=args.subsets,
+                                      progress=not args.no_progress)
+    except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
+        raise SystemExit(f"pettk recon: {err}") from None
+    image = result.image.detach().cpu().numpy().astype("float32")
+    save_nifti(output, image, result.grid)
+    write_report(report_path, result.report)
+    for line in report_lines(result.report):
+        print(f"pettk recon: {line}")
+    print(f"pettk recon: corrected OSEM of {args.petsird} -> {output} (shape {tuple(result.grid.shape)}, voxel "
+          f"{result.grid.voxel_size_mm} mm); report {report_path}")
+    _write_dicom(args, image, result.grid, "pettk corrected OSEM")
     return 0
 
 
@@ -236,6 +273,8 @@ def _recon(args: argparse.Namespace) -> int:
         return cohort_main(args)
     if args.petsird:
         return _recon_petsird(args)
+    if args.estimate_corrections:
+        raise SystemExit("pettk recon: --estimate-corrections needs --petsird FILE (prompts and delayeds)")
     if args.sinogram is None:
         raise SystemExit("pettk recon: give a sinogram file (.npz), --petsird FILE or --cohort MANIFEST.csv")
 
@@ -753,6 +792,11 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--energy-window", type=float, nargs=2, metavar=("LO", "HI"), help="petsird: keV window")
     rec.add_argument("--no-tof", action="store_true", help="petsird: ignore the TOF bins")
     rec.add_argument("--cache-dir", help="petsird: folder for the temporary event cache (default: system temp)")
+    rec.add_argument("--estimate-corrections", action="store_true",
+                     help="petsird: randoms from the delayeds, attenuation from --mu, scatter (SSS + tail fit), "
+                          "then sinogram OSEM; prints the report and writes OUTPUT.corrections.json")
+    rec.add_argument("--scatter-rounds", type=_positive_int, default=3,
+                     help="petsird --estimate-corrections: scatter <-> reconstruction rounds (default 3)")
     from .batch import add_cohort_arguments  # standard library only at import time
 
     add_cohort_arguments(rec)
