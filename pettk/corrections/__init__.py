@@ -6,10 +6,14 @@
   crystal efficiencies by iterated fan sums) from a uniform calibration scan, and a simulator of
   crystal efficiencies.
 * :mod:`pettk.corrections.span` -- span-compressed sinogram layouts and their projector.
+* :mod:`pettk.corrections.acquisition` -- a PETSIRD acquisition (prompts, delayeds) to a corrected
+  reconstruction with a report of the randoms and scatter fractions.
+* :mod:`pettk.corrections.simulate` -- PETSIRD acquisitions with known trues, scatter and randoms.
 
 See ``docs/corrections.md``.
 """
 
+from .acquisition import CorrectedAcquisition, estimate_corrections
 from .normalisation import (
     NormalisationEstimate,
     efficiency_sinogram,
@@ -26,6 +30,8 @@ from .randoms import (
 from .span import SpanLayout, SpanProjector, compress
 
 __all__ = [
+    "CorrectedAcquisition",
+    "estimate_corrections",
     "NormalisationEstimate",
     "efficiency_sinogram",
     "estimate_normalisation",
