@@ -57,7 +57,7 @@ class CPUPlan:
             self._tof_bin = None if tables.tof_bin is None else np.ascontiguousarray(tables.tof_bin, dtype=np.int64)
         self._kernel_shape = tuple(int(n) for n in self._shape)
         # 3D sinograms run through the factorised kernels, except the LORs those leave out
-        self._sino = grid.ndim == 3 and self._outer and tof is None
+        self._sino = grid.ndim == 3 and self._outer and not self.list_mode_tof
         if self._sino:
             self._generic = S.generic_lors(self._trans, self._axial)
             n_t = self._trans.shape[0]
@@ -86,8 +86,17 @@ class CPUPlan:
             out = np.empty(self.n_lors, dtype=img.dtype)
             K.forward3d_lm_tof(*args, self._tof, self.tof.n_bins, self._tof_bin, out)
         else:
-            out = np.zeros((self.n_lors, self.tof.n_bins), dtype=img.dtype)
-            K.forward3d_tof(*args, self._outer, self._tof, out)
+            if self._sino:
+                out = np.empty((self._axial.shape[0], self._trans.shape[0], self.tof.n_bins), dtype=img.dtype)
+                S.forward3d_sino_tof(*args, self._tof, out)
+                out = out.reshape(self.n_lors, -1)
+                if self._generic.size:
+                    part = np.zeros((self._generic.size, self.tof.n_bins), dtype=img.dtype)
+                    K.forward3d_tof(*args[:5], self._g_trans, self._g_axial, False, self._tof, part)
+                    out[self._generic] = part
+            else:
+                out = np.zeros((self.n_lors, self.tof.n_bins), dtype=img.dtype)
+                K.forward3d_tof(*args, self._outer, self._tof, out)
         return torch.from_numpy(out.reshape(-1))
 
     @keep_torch_threads
@@ -110,7 +119,14 @@ class CPUPlan:
         elif self.list_mode_tof:
             K.adjoint3d_lm_tof(yv, *geo, self._tof, self.tof.n_bins, self._tof_bin, buffers)
         else:
-            K.adjoint3d_tof(yv.reshape(self.n_lors, self.tof.n_bins), *geo, self._outer, self._tof, buffers)
+            y2 = yv.reshape(self.n_lors, self.tof.n_bins)
+            if self._sino:
+                S.adjoint3d_sino_tof(y2.reshape(self._axial.shape[0], -1, self.tof.n_bins), *geo, self._tof, buffers)
+                if self._generic.size:
+                    K.adjoint3d_tof(np.ascontiguousarray(y2[self._generic]), *geo[:4], self._g_trans, self._g_axial,
+                                    False, self._tof, buffers)
+            else:
+                K.adjoint3d_tof(y2, *geo, self._outer, self._tof, buffers)
         total = buffers[0] if buffers.shape[0] == 1 else buffers.sum(axis=0, dtype=yv.dtype)
         return torch.from_numpy(K.crop_padded(total, self._kernel_shape).reshape(self.image_shape))
 
