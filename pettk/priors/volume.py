@@ -20,14 +20,12 @@ axial slices inside the 3D iteration; see their ``reconstruct``).
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from .._validation import as_nonnegative_float, as_nonnegative_int, as_positive_int
-from ..geometry import ImageGrid, SinogramLayout
+from ..geometry import ImageGrid, SinogramLayout, SinogramLayout2D
 from ..physics import ForwardModel
 from ..projector import Projector
 from ..rebinning import ssrb, ssrb_positions_mm
@@ -198,7 +196,8 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
        its planes (:func:`pettk.rebinning.ssrb`).
     2. Each rebinned sinogram is sampled by ``prior.reconstruct`` with a 2D model of the direct
        plane (its own data-consistency steps off: the slices have no 2D physics model of their own),
-       in batches of ``batch_size``.
+       in batches of ``batch_size`` (each batch one call of the sampler: the same ``generator`` /
+       seed repeats the volume for the same batches; other batches are other independent draws).
     3. The slices are interpolated linearly onto the grid's slice centres and scaled so the volume's
        expected counts match the measured ones (``sum(y - additive) / sum(A x)``).
     4. ``refine_iterations`` penalised-EM iterations against the full 3D data, anchored to the
@@ -245,8 +244,6 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
     if not bool(torch.isfinite(y_t).all()) or bool((y_t < 0).any()):
         raise ValueError("y must hold finite counts >= 0")
 
-    from ..geometry import SinogramLayout2D
-
     grid_2d = ImageGrid(tuple(grid.shape[:2]), tuple(grid.voxel_size_mm[:2]))
     model_2d = ForwardModel(Projector(grid_2d, SinogramLayout2D(layout.scanner, layout.radial_trim)))
     stack = ssrb(layout, y_t)
@@ -268,9 +265,7 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
         if iterations:
             sens = forward_model.sensitivity(torch.float32, y_t.device)
             mean_anchor = float(anchor.mean())
-            beta = 0.0 if mean_anchor <= 0 else weight * float(sens.mean()) / mean_anchor
-            if not math.isfinite(beta):
-                beta = 0.0
+            beta = weight * float(sens.mean()) / mean_anchor if mean_anchor > 0 else 0.0
             for _ in tqdm(range(iterations), desc="3D refinement", disable=not progress, leave=False):
                 x = penalised_em_step(forward_model, y_t, x.clamp_min(1e-8 * max(mean_anchor, 1e-30)), anchor, beta,
                                       sens=sens)
