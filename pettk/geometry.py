@@ -53,11 +53,20 @@ __all__ = [
     "LORTables",
     "TOFParams",
     "SPEED_OF_LIGHT_MM_PER_PS",
+    "MAX_TOF_BINS",
+    "MAX_LORS",
     "Preset",
     "from_dict",
     "preset",
     "PRESET_NAMES",
 ]
+
+#: The most TOF bins a :class:`TOFParams` may have (a million: far beyond any scanner's TOF axis;
+#: larger numbers are refused at construction instead of failing when the bin edges are made).
+MAX_TOF_BINS = 2**20
+#: The most LORs a parallel-beam geometry may have (``2**31 - 1``; their endpoint tables alone
+#: would take 64 GB).
+MAX_LORS = 2**31 - 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -202,7 +211,7 @@ class TOFParams:
         The coincidence timing resolution, either as a time FWHM in ps or directly as the spatial
         FWHM along the LOR in mm (``fwhm_mm = fwhm_ps * c / 2``). Give exactly one.
     n_bins : int
-        Number of TOF bins.
+        Number of TOF bins, at most :data:`MAX_TOF_BINS`.
     bin_width_mm : float
         Width of each TOF bin along the LOR, mm.
     n_sigmas : float
@@ -231,7 +240,7 @@ class TOFParams:
         if fwhm_ps is not None:
             fwhm_mm = as_positive_float("fwhm_ps", fwhm_ps) * SPEED_OF_LIGHT_MM_PER_PS / 2.0
         self.fwhm_mm = as_positive_float("fwhm_mm", fwhm_mm)
-        self.n_bins = as_positive_int("n_bins", n_bins)
+        self.n_bins = as_positive_int("n_bins", n_bins, maximum=MAX_TOF_BINS)
         self.bin_width_mm = as_positive_float("bin_width_mm", bin_width_mm)
         self.n_sigmas = as_positive_float("n_sigmas", n_sigmas)
 
@@ -642,6 +651,7 @@ class ParallelBeam2D:
         Number of projection angles, evenly spaced over ``[0, pi)``: ``theta_v = pi * v / n_views``.
     n_radial : int
         Number of radial bins, centred on the origin: ``s_r = (r - (n_radial - 1) / 2) * spacing``.
+        ``n_views * n_radial`` is at most :data:`MAX_LORS`.
     radial_spacing_mm : float
         Distance between neighbouring parallel LORs, mm.
     half_length_mm : float, optional
@@ -660,8 +670,10 @@ class ParallelBeam2D:
     ndim = 2
 
     def __init__(self, n_views: int, n_radial: int, radial_spacing_mm: float, half_length_mm: float | None = None):
-        self.n_views = as_positive_int("n_views", n_views)
-        self.n_radial = as_positive_int("n_radial", n_radial)
+        self.n_views = as_positive_int("n_views", n_views, maximum=MAX_LORS)
+        self.n_radial = as_positive_int("n_radial", n_radial, maximum=MAX_LORS)
+        if self.n_views * self.n_radial > MAX_LORS:
+            raise ValueError(f"n_views * n_radial must be <= {MAX_LORS}, got {self.n_views} * {self.n_radial}")
         self.radial_spacing_mm = as_positive_float("radial_spacing_mm", radial_spacing_mm)
         if half_length_mm is None:
             half_length_mm = self.n_radial * self.radial_spacing_mm

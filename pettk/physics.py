@@ -269,7 +269,10 @@ class ForwardModel:
             _check_values("mu", mu_t)
             factors.append(attenuation_factors(projector, mu_t, progress=progress))
         mult = None
+        full = tuple(self.shape_out)
         for f in factors:
+            if mult is not None and tuple(f.shape) != tuple(mult.shape):  # one TOF-shaped, one not
+                mult, f = [g if tuple(g.shape) == full else g.unsqueeze(-1) for g in (mult, f)]
             mult = f if mult is None else mult * f
         self.mult = mult
         if additive is not None:

@@ -134,6 +134,9 @@ class Projector:
         self.shape_in: tuple[int, ...] = tuple(grid.shape)
         self.shape_out: tuple[int, ...] = tuple(geometry.shape_for_views(views)) + tof_axis
         self._full_shape: tuple[int, ...] = tuple(geometry.shape) + tof_axis
+        if views is not None and self.shape_out[geometry.view_axis] == 0:
+            raise ValueError(f"views={views!r} selects none of the geometry's "
+                             f"{geometry.shape[geometry.view_axis]} views")
         if tof is not None:
             _check_tof(grid, geometry, self._tables, tof)
         self._plans: dict = {}

@@ -95,7 +95,8 @@ def load_nifti(path, ndim: int | None = None, *, resample: bool = False, order: 
     LPS, ...), the array is transposed and flipped so that axis ``k`` runs along +world axis ``k``
     and ``grid`` holds the positive voxel sizes and the origin (mm) of the reoriented voxel
     ``[0, 0, 0]``. This is exact: every value is kept, each voxel keeps its world position, and
-    ``save_nifti`` + ``load_nifti`` reproduce the values and the grid.
+    ``save_nifti`` + ``load_nifti`` reproduce the values and the grid (voxel sizes and origin to
+    float32 precision: the NIfTI header stores the affine in float32).
 
     Parameters
     ----------

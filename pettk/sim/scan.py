@@ -25,11 +25,16 @@ import torch
 from tqdm.auto import tqdm
 
 from .. import _filters
+from .._validation import as_positive_float
 from ..background import randoms_sinogram, scatter_sinogram
 from ..geometry import SinogramLayout
 from ..physics import ForwardModel
 
-__all__ = ["Scan", "simulate_scan", "thin", "make_generator"]
+#: The most expected prompts :func:`simulate_scan` draws (1e15, a million times a long clinical
+#: scan): torch's Poisson sampler turns means beyond 2**63 into negative counts.
+MAX_TOTAL_COUNTS = 1e15
+
+__all__ = ["Scan", "simulate_scan", "thin", "make_generator", "MAX_TOTAL_COUNTS"]
 
 
 def make_generator(seed) -> torch.Generator:
@@ -96,7 +101,7 @@ def simulate_scan(phantom, model: ForwardModel, total_counts: float, randoms_fra
         Geometry, PSF, normalisation and attenuation; it must have no additive term (randoms and
         scatter are added here) and no view restriction.
     total_counts : float
-        Expected prompts ``sum(ybar)``.
+        Expected prompts ``sum(ybar)``, at most :data:`MAX_TOTAL_COUNTS`.
     randoms_fraction, scatter_fraction : float
         See the module docstring; each in [0, 1).
     seed : int, torch.Generator or None
@@ -127,10 +132,12 @@ def simulate_scan(phantom, model: ForwardModel, total_counts: float, randoms_fra
         raise ValueError(f"the activity must have shape {tuple(model.shape_in)}, got {tuple(activity.shape)}")
     if not bool(torch.isfinite(activity).all()) or bool((activity < 0).any()):
         raise ValueError("the activity must be finite and >= 0")
-    total = float(total_counts)
-    if not np.isfinite(total) or total <= 0:
-        raise ValueError(f"total_counts must be a finite number > 0, got {total_counts!r}")
+    total = as_positive_float("total_counts", total_counts)
+    if total > MAX_TOTAL_COUNTS:
+        raise ValueError(f"total_counts must be <= {MAX_TOTAL_COUNTS:g}, got {total_counts!r}")
     for name, frac in (("randoms_fraction", randoms_fraction), ("scatter_fraction", scatter_fraction)):
+        if isinstance(frac, (bool, str)) or frac is None:
+            raise TypeError(f"{name} must be a number in [0, 1), got {frac!r}")
         if not 0.0 <= float(frac) < 1.0:
             raise ValueError(f"{name} must be in [0, 1), got {frac!r}")
     generator = make_generator(seed)
