@@ -247,6 +247,7 @@ def _recon_petsird_corrected(args: argparse.Namespace, output: str) -> int:
         result = estimate_corrections(args.petsird, args.mu, voxel_size_mm=args.voxel_size,
                                       energy_window_kev=args.energy_window, n_rounds=args.scatter_rounds,
                                       n_iter=args.iterations, n_subsets=args.subsets,
+                                      sss_options={"scatter_step_mm": args.scatter_step},
                                       progress=not args.no_progress)
     except (ValueError, TypeError, FileNotFoundError, ImportError) as err:
         raise SystemExit(f"pettk recon: {err}") from None
@@ -797,6 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "then sinogram OSEM; prints the report and writes OUTPUT.corrections.json")
     rec.add_argument("--scatter-rounds", type=_positive_int, default=3,
                      help="petsird --estimate-corrections: scatter <-> reconstruction rounds (default 3)")
+    rec.add_argument("--scatter-step", type=float, default=15.0, metavar="MM",
+                     help="petsird --estimate-corrections: edge of the mu-map blocks that become one scatter "
+                          "point (default 15 mm; smaller for small objects)")
     from .batch import add_cohort_arguments  # standard library only at import time
 
     add_cohort_arguments(rec)

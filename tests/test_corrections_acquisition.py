@@ -60,9 +60,9 @@ def acquisition(tmp_path_factory):
     grid = scanner.default_grid()
     activity, mu = phantom(grid)
     polygon = scanner.regular_polygon()[0]
-    singles = np.random.default_rng(0).uniform(0.5, 1.5, (polygon.n_rings, polygon.n_crystals_per_ring)) * 1e4
+    singles = np.random.default_rng(0).uniform(0.5, 1.5, (polygon.n_rings, polygon.n_crystals_per_ring)) * 7e3
     path = tmp_path_factory.mktemp("acquisition") / "scan.petsird"
-    sim = simulate_acquisition(path, header, activity, mu, grid, trues=6e4, singles_per_s=singles, tau_s=TAU,
+    sim = simulate_acquisition(path, header, activity, mu, grid, trues=1.2e5, singles_per_s=singles, tau_s=TAU,
                                duration_s=DURATION, scatter_scale=1.5, window=EnergyWindow(350, 650, 0.1), seed=2)
     return dict(sim=sim, grid=grid, activity=activity, mu=mu, header=header)
 
@@ -70,23 +70,26 @@ def acquisition(tmp_path_factory):
 def test_pipeline_recovers_randoms_and_scatter_and_corrects_the_image(acquisition):
     a = acquisition
     sim, grid = a["sim"], a["grid"]
-    res = estimate_corrections(sim.path, a["mu"], n_rounds=3, tail_margin=1, **OSEM)
+    # scatter points every 8 mm: the default 15 mm blocks leave ~4 × 3 points per slice of this 60 mm
+    # object, whose coarse SSS puts 8 % too much of the scatter in the tails (measured: -11 % scatter)
+    res = estimate_corrections(sim.path, a["mu"], n_rounds=3, tail_margin=1, sss_options={"scatter_step_mm": 8.0},
+                               **OSEM)
     np.testing.assert_array_equal(res.prompts.numpy(), sim.prompts)
     np.testing.assert_array_equal(res.delayeds.numpy(), sim.delayeds)
     np.testing.assert_allclose(res.normalisation.numpy(), sim.efficiency, rtol=1e-6)
     prompts = sim.prompts.sum()
     true_rf, true_sf = sim.randoms.sum() / prompts, sim.scatter.sum() / prompts
     rep = res.report
-    # randoms: the estimate's total is the delayeds' (Poisson, ~14.5k: sd 0.83 %); 3 sd
-    assert rep["randoms_fraction"] == pytest.approx(true_rf, rel=0.025)
+    # randoms: the estimate's total is the delayeds' (Poisson, ~7100: sd 1.2 %); 3 sd
+    assert rep["randoms_fraction"] == pytest.approx(true_rf, rel=0.036)
     # the fan-sum estimate follows the expected randoms bin by bin far better than the delayeds
     measurable = sim.efficiency > 0
     err_est = np.mean((res.randoms.numpy() - sim.randoms)[measurable] ** 2)
     err_raw = np.mean((sim.delayeds - sim.randoms)[measurable] ** 2)
     assert err_est < 0.1 * err_raw
-    # scatter: the tail fit sees ~500 scatter counts among ~6000 tail counts (sd ~ 3 %), and the
-    # default coarse SSS differs from the fine one by a few % per bin: 8 %
-    assert rep["scatter_fraction"] == pytest.approx(true_sf, rel=0.08)
+    # scatter: the sd of the tail scale from the Fisher information of the tail bins is 3.6 %
+    # (Poisson) and 0.8 % (the randoms total); 3 sd, the coarse SSS's shape error taken in by the scale
+    assert rep["scatter_fraction"] == pytest.approx(true_sf, rel=0.11)
     assert len(rep["tail_scales"]) == 3 and rep["tail_scales"][-1] == pytest.approx(1.5, rel=0.15)
     assert rep["energy_window_kev"] == [350.0, 650.0] and rep["fwhm_fraction"] == pytest.approx(0.1)
     lines = report_lines(rep)
@@ -118,13 +121,13 @@ def test_cli_estimate_corrections(acquisition, tmp_path, capsys):
     mu_path = save_nifti(tmp_path / "mu.nii.gz", a["mu"].astype(np.float32), grid)
     out = tmp_path / "image.nii.gz"
     assert main(["recon", "--petsird", str(sim.path), "--estimate-corrections", "--mu", str(mu_path), "-o", str(out),
-                 "--scatter-rounds", "2", "--iterations", "2", "--subsets", "4", "--no-progress"]) == 0
+                 "--scatter-rounds", "2", "--scatter-step", "8", "--iterations", "3", "--subsets", "4", "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "% of the prompts" in printed and "image.corrections.json" in printed
     report = json.loads((tmp_path / "image.corrections.json").read_text())
     prompts = sim.prompts.sum()
-    assert report["randoms_fraction"] == pytest.approx(sim.randoms.sum() / prompts, rel=0.025)
-    assert report["scatter_fraction"] == pytest.approx(sim.scatter.sum() / prompts, rel=0.15)
+    assert report["randoms_fraction"] == pytest.approx(sim.randoms.sum() / prompts, rel=0.036)
+    assert report["scatter_fraction"] == pytest.approx(sim.scatter.sum() / prompts, rel=0.15)  # 2 rounds only
     assert report["scatter_rounds"] == 2 and len(report["tail_scales"]) == 2
     image, image_grid = pettk.io.load_nifti(out)
     assert image.shape == grid.shape and np.isfinite(image).all() and image.max() > 0
@@ -167,7 +170,7 @@ def test_without_mu_only_randoms_are_corrected(acquisition):
     res = estimate_corrections(sim.path, None, n_iter=1, n_subsets=4)
     assert res.report["scatter_fraction"] is None and res.attenuation is None
     assert float(res.scatter.sum()) == 0.0
-    assert res.report["randoms_fraction"] == pytest.approx(sim.randoms.sum() / sim.prompts.sum(), rel=0.025)
+    assert res.report["randoms_fraction"] == pytest.approx(sim.randoms.sum() / sim.prompts.sum(), rel=0.036)
     assert any("not estimated" in line for line in report_lines(res.report))
 
 
