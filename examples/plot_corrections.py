@@ -1,5 +1,5 @@
 """Corrections from a raw acquisition: randoms and scatter estimated from PETSIRD list mode.
-=======================================================================================
+=========================================================================================
 
 A ring scanner (24 flat modules of 6 × 4 crystals, 350-650 keV window, 10 % energy resolution) is
 described with petsird's generator helpers. A water ellipse holding a warm background, a hot and a
