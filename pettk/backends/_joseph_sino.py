@@ -183,11 +183,56 @@ def adjoint3d_sino(y, strides, shape, origin, vs, trans, axial, buffers):
 # TOF sinograms: ``tof`` as in pettk.backends._joseph_cpu (first edge, bin width, sigma, reach,
 # 1 / bin width, 1 / (sqrt(2) sigma)); each sample's value is spread over the bins of its window
 # with the Gaussian's integral over each bin, exactly as the generic TOF kernels do.
+#
+# The sample's distance from the LOR midpoint, tc + i ts, depends on the plane only through the
+# LOR length, i.e. through |dz|: every plane of one axial group (equal |z_end - z_start|, e.g. one
+# ring difference of evenly spaced rings) shares it bit for bit, so the erf window is computed
+# once per group and voxel plane instead of once per sample (the same numbers, in the same order).
 # ---------------------------------------------------------------------------------------------
+def axial_groups(axial: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(group of every plane, |dz| of every group)``: planes with bitwise equal ``|dz|``."""
+    dz, group = np.unique(np.abs(axial[:, 1] - axial[:, 0]), return_inverse=True)
+    return np.ascontiguousarray(group.reshape(-1), dtype=np.int64), np.ascontiguousarray(dz)
+
+
+@njit(cache=True, inline="always")
+def _group_lines(trans, t, k, origin, vs, group_dz, tc_g, ts_g):
+    """``tc``, ``ts`` of every axial group for transaxial LOR ``t`` (as _setup_transaxial computes them)."""
+    dx = trans[t, 2] - trans[t, 0]
+    dy = trans[t, 3] - trans[t, 1]
+    pk = trans[t, 0] if k == 0 else trans[t, 1]
+    dk = dx if k == 0 else dy
+    u0k = (pk - origin[k]) / vs[k]
+    duk = dk / vs[k]
+    for g in range(group_dz.shape[0]):
+        dz = group_dz[g]
+        length = math.sqrt(dx * dx + dy * dy + dz * dz)
+        ts_g[g] = length / duk
+        tc_g[g] = -u0k * ts_g[g] - 0.5 * length
+
+
+@njit(cache=True, inline="always")
+def _group_window(g, fi, tc_g, ts_g, tof, n_bins, inv, diff):
+    """Bins ``b_lo..b_hi`` of group ``g``'s sample at voxel plane ``fi``; ``diff[g, j]`` holds the
+    erf difference of bin ``b_lo + j``."""
+    tt = tc_g[g] + fi * ts_g[g]
+    b_lo, b_hi = _tof_window(tt, tof, n_bins)
+    cdf_lo = math.erf((tof[0] + b_lo * tof[1] - tt) * inv)
+    for bin_ in range(b_lo, b_hi + 1):
+        cdf_hi = math.erf((tof[0] + (bin_ + 1) * tof[1] - tt) * inv)
+        diff[g, bin_ - b_lo] = cdf_hi - cdf_lo
+        cdf_lo = cdf_hi
+    return b_lo, b_hi
+
+
 @njit(parallel=True, cache=True)
-def forward3d_sino_tof(img_pad, strides, shape, origin, vs, trans, axial, tof, out):
-    """TOF forward projection into ``out`` of shape ``(n_planes, n_t, n_bins)`` (generic LORs: 0)."""
+def forward3d_sino_tof(img_pad, strides, shape, origin, vs, trans, axial, group, group_dz, tof, out):
+    """TOF forward projection into ``out`` of shape ``(n_planes, n_t, n_bins)`` (generic LORs: 0).
+
+    ``group``, ``group_dz``: :func:`axial_groups` of ``axial``.
+    """
     n_p, n_t, n_bins = out.shape
+    n_g = group_dz.shape[0]
     nz = shape[2]
     zmax = float(nz)
     offset = PAD * (strides[0] + strides[1] + strides[2]) - 1
@@ -203,6 +248,11 @@ def forward3d_sino_tof(img_pad, strides, shape, origin, vs, trans, axial, tof, o
         if n == 0:
             continue
         acc = np.zeros((n, n_bins))
+        tc_g, ts_g = np.empty(n_g), np.empty(n_g)
+        _group_lines(trans, t, k, origin, vs, group_dz, tc_g, ts_g)
+        diff = np.empty((n_g, n_bins + 1))
+        b_lo, b_hi = np.empty(n_g, np.int64), np.empty(n_g, np.int64)
+        stamp = np.full(n_g, -1, np.int64)
         sk, s_a = strides[k], strides[a]
         for i in range(lo, hi + 1):
             fa = ca + i * sa
@@ -214,26 +264,27 @@ def forward3d_sino_tof(img_pad, strides, shape, origin, vs, trans, axial, tof, o
                 v = (1.0 - wb) * col[j] + wb * col[j + 1]
                 if v == 0.0:
                     continue
-                tt = tc[q] + fi * ts[q]
-                b_lo, b_hi = _tof_window(tt, tof, n_bins)
+                g = group[planes[q]]
+                if stamp[g] != i:
+                    b_lo[g], b_hi[g] = _group_window(g, fi, tc_g, ts_g, tof, n_bins, inv, diff)
+                    stamp[g] = i
                 v *= 0.5
-                cdf_lo = math.erf((tof[0] + b_lo * tof[1] - tt) * inv)
-                for bin_ in range(b_lo, b_hi + 1):
-                    cdf_hi = math.erf((tof[0] + (bin_ + 1) * tof[1] - tt) * inv)
-                    acc[q, bin_] += v * (cdf_hi - cdf_lo)
-                    cdf_lo = cdf_hi
+                first = b_lo[g]
+                for jj in range(b_hi[g] - first + 1):
+                    acc[q, first + jj] += v * diff[g, jj]
         for q in range(n):
             for bin_ in range(n_bins):
                 out[planes[q], t, bin_] = acc[q, bin_] * w[q]
 
 
 @njit(parallel=True, cache=True)
-def adjoint3d_sino_tof(y, strides, shape, origin, vs, trans, axial, tof, buffers):
+def adjoint3d_sino_tof(y, strides, shape, origin, vs, trans, axial, group, group_dz, tof, buffers):
     """TOF back projection of ``y`` ``(n_planes, n_t, n_bins)`` into per-thread padded images.
 
-    LORs the generic kernels own are left out.
+    LORs the generic kernels own are left out. ``group``, ``group_dz``: :func:`axial_groups`.
     """
     n_p, n_t, n_bins = y.shape
+    n_g = group_dz.shape[0]
     nz = shape[2]
     zmax = float(nz)
     offset = PAD * (strides[0] + strides[1] + strides[2]) - 1
@@ -246,6 +297,10 @@ def adjoint3d_sino_tof(y, strides, shape, origin, vs, trans, axial, tof, buffers
         tc, ts = np.empty(n_p), np.empty(n_p)
         rows = np.empty((n_p, n_bins))
         col = np.empty(nz + 3)
+        tc_g, ts_g = np.empty(n_g), np.empty(n_g)
+        diff = np.empty((n_g, n_bins + 1))
+        b_lo, b_hi = np.empty(n_g, np.int64), np.empty(n_g, np.int64)
+        stamp = np.empty(n_g, np.int64)
         for t in range(c * n_t // n_chunks, (c + 1) * n_t // n_chunks):
             n, k, a, lo, hi, ca, sa = _setup_transaxial(shape, origin, vs, trans, axial, t, planes, cb, sb, w,
                                                         tc, ts)
@@ -256,23 +311,25 @@ def adjoint3d_sino_tof(y, strides, shape, origin, vs, trans, axial, tof, buffers
                     rows[m, bin_] = y[planes[q], t, bin_]
                     nonzero = nonzero or rows[m, bin_] != 0.0
                 if nonzero:
-                    cb[m], sb[m], w[m], tc[m], ts[m] = cb[q], sb[q], 0.5 * w[q], tc[q], ts[q]
+                    cb[m], sb[m], w[m], planes[m] = cb[q], sb[q], 0.5 * w[q], planes[q]
                     m += 1
             if m == 0:
                 continue
+            _group_lines(trans, t, k, origin, vs, group_dz, tc_g, ts_g)
+            stamp[:] = -1
             sk, s_a = strides[k], strides[a]
             for i in range(lo, hi + 1):
                 col[:] = 0.0
                 fi = float(i)
                 for q in range(m):
-                    tt = tc[q] + fi * ts[q]
-                    b_lo, b_hi = _tof_window(tt, tof, n_bins)
+                    gr = group[planes[q]]
+                    if stamp[gr] != i:
+                        b_lo[gr], b_hi[gr] = _group_window(gr, fi, tc_g, ts_g, tof, n_bins, inv, diff)
+                        stamp[gr] = i
+                    first = b_lo[gr]
                     g = 0.0
-                    cdf_lo = math.erf((tof[0] + b_lo * tof[1] - tt) * inv)
-                    for bin_ in range(b_lo, b_hi + 1):
-                        cdf_hi = math.erf((tof[0] + (bin_ + 1) * tof[1] - tt) * inv)
-                        g += rows[q, bin_] * (cdf_hi - cdf_lo)
-                        cdf_lo = cdf_hi
+                    for jj in range(b_hi[gr] - first + 1):
+                        g += rows[q, first + jj] * diff[gr, jj]
                     g *= w[q]
                     if g == 0.0:
                         continue

@@ -63,6 +63,7 @@ class CPUPlan:
             n_t = self._trans.shape[0]
             self._g_trans = np.ascontiguousarray(self._trans[self._generic % n_t])
             self._g_axial = np.ascontiguousarray(self._axial[self._generic // n_t])
+            self._groups = S.axial_groups(self._axial)
         self._strides = K.padded_strides(self._kernel_shape)
 
     @keep_torch_threads
@@ -88,7 +89,7 @@ class CPUPlan:
         else:
             if self._sino:
                 out = np.empty((self._axial.shape[0], self._trans.shape[0], self.tof.n_bins), dtype=img.dtype)
-                S.forward3d_sino_tof(*args, self._tof, out)
+                S.forward3d_sino_tof(*args, *self._groups, self._tof, out)
                 out = out.reshape(self.n_lors, -1)
                 if self._generic.size:
                     part = np.zeros((self._generic.size, self.tof.n_bins), dtype=img.dtype)
@@ -121,7 +122,8 @@ class CPUPlan:
         else:
             y2 = yv.reshape(self.n_lors, self.tof.n_bins)
             if self._sino:
-                S.adjoint3d_sino_tof(y2.reshape(self._axial.shape[0], -1, self.tof.n_bins), *geo, self._tof, buffers)
+                S.adjoint3d_sino_tof(y2.reshape(self._axial.shape[0], -1, self.tof.n_bins), *geo, *self._groups,
+                                     self._tof, buffers)
                 if self._generic.size:
                     K.adjoint3d_tof(np.ascontiguousarray(y2[self._generic]), *geo[:4], self._g_trans, self._g_axial,
                                     False, self._tof, buffers)
