@@ -21,7 +21,8 @@ import torch
 
 from ..geometry import SinogramLayout, SinogramLayout2D
 
-__all__ = ["ring_layout_parts", "fan_sums", "partner_sums", "FanOperator", "pair_products", "as_crystal_array"]
+__all__ = ["ring_layout_parts", "fan_sums", "partner_sums", "FanOperator", "pair_products", "as_crystal_array",
+           "as_sinogram_array"]
 
 
 def ring_layout_parts(layout):
@@ -136,3 +137,19 @@ def pair_products(f: np.ndarray, layout, out_dtype=np.float64) -> np.ndarray:
         values[np.ix_(r[:, 0] == r[:, 1], self_bin)] = 0.0
         out[p0:p0 + block] = values
     return out.reshape(layout.shape)
+
+
+def as_sinogram_array(name: str, value, layout) -> np.ndarray:
+    """``value`` (numpy or torch) as a float64 array of ``layout.shape``: finite and >= 0, else a clear error."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if not isinstance(value, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
+    if tuple(value.shape) != tuple(layout.shape):
+        raise ValueError(f"{name} must have the layout's shape {tuple(layout.shape)}, got {tuple(value.shape)}")
+    arr = np.asarray(value, dtype=np.float64)
+    if not np.all(np.isfinite(arr)):
+        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
+    if np.any(arr < 0):
+        raise ValueError(f"{name} must be >= 0 everywhere; its minimum is {arr.min():.4g}")
+    return arr

@@ -42,7 +42,7 @@ import torch
 
 from .._validation import as_nonnegative_float, as_positive_int
 from ..geometry import RegularPolygonScanner, SinogramLayout, SinogramLayout2D
-from ._fans import as_crystal_array, fan_sums, pair_products, partner_sums, ring_layout_parts
+from ._fans import as_crystal_array, as_sinogram_array, fan_sums, pair_products, partner_sums, ring_layout_parts
 
 __all__ = ["NormalisationEstimate", "estimate_normalisation", "simulate_crystal_efficiencies",
            "efficiency_sinogram"]
@@ -181,15 +181,4 @@ def _fill_radially(g: np.ndarray, valid: np.ndarray) -> np.ndarray:
 def _sinogram(name: str, value, layout) -> np.ndarray:
     if not isinstance(layout, (SinogramLayout, SinogramLayout2D)):
         raise TypeError(f"layout must be a SinogramLayout or SinogramLayout2D (span 1), got {type(layout).__name__}")
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
-    if tuple(value.shape) != tuple(layout.shape):
-        raise ValueError(f"{name} must have the layout's shape {tuple(layout.shape)}, got {tuple(value.shape)}")
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    if np.any(arr < 0):
-        raise ValueError(f"{name} must be >= 0 everywhere; its minimum is {arr.min():.4g}")
-    return arr
+    return as_sinogram_array(name, value, layout)

@@ -41,7 +41,7 @@ import numpy as np
 import torch
 
 from .._validation import as_positive_float, as_positive_int
-from ._fans import FanOperator, as_crystal_array, fan_sums, pair_products, ring_layout_parts
+from ._fans import FanOperator, as_crystal_array, as_sinogram_array, fan_sums, pair_products, ring_layout_parts
 from .span import SpanLayout
 
 __all__ = ["randoms_from_singles", "fan_sum_factors", "randoms_from_delayeds", "event_randoms",
@@ -120,7 +120,7 @@ def fan_sum_factors(delayeds, layout, *, n_iter: int = 200, tol: float = 1e-10) 
     if isinstance(layout, SpanLayout):
         raise ValueError("fan sums need span-1 delayeds (the crystal pair of every bin); estimate on "
                          "layout.base and compress the randoms with layout.compress")
-    d = _sinogram("delayeds", delayeds, layout)
+    d = as_sinogram_array("delayeds", delayeds, layout)
     n_iter = as_positive_int("n_iter", n_iter)
     tol = as_positive_float("tol", tol)
     f = fan_sums(d, layout)
@@ -159,7 +159,7 @@ def randoms_from_delayeds(delayeds, layout, *, n_iter: int = 200, tol: float = 1
     base = _base(layout)
     s = fan_sum_factors(delayeds, base, n_iter=n_iter, tol=tol)
     r = pair_products(s, base)
-    d_total = float(_sinogram("delayeds", delayeds, base).sum())
+    d_total = float(as_sinogram_array("delayeds", delayeds, base).sum())
     r *= d_total / float(r.sum())
     if isinstance(layout, SpanLayout):
         r = layout.compress(r)
@@ -229,18 +229,3 @@ def _crystal_index_pairs(crystals, n_crystals: int) -> np.ndarray:
     if c.size and (c.min() < 0 or c.max() >= n_crystals):
         raise ValueError(f"crystals must lie in [0, {n_crystals}), got values from {c.min()} to {c.max()}")
     return c.astype(np.int64)
-
-
-def _sinogram(name: str, value, layout) -> np.ndarray:
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().numpy()
-    if not isinstance(value, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array or a torch tensor, got {type(value).__name__}")
-    if tuple(value.shape) != tuple(layout.shape):
-        raise ValueError(f"{name} must have the layout's shape {tuple(layout.shape)}, got {tuple(value.shape)}")
-    arr = np.asarray(value, dtype=np.float64)
-    if not np.all(np.isfinite(arr)):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    if np.any(arr < 0):
-        raise ValueError(f"{name} must be >= 0 everywhere; its minimum is {arr.min():.4g}")
-    return arr
