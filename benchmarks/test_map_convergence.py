@@ -31,7 +31,7 @@ computes the full gradient, counts as one. Each run records the epochs it needed
 the 10 held), the solver's seconds up to that epoch (the threshold checks not counted) and its
 seconds per epoch; the summary prints each solver's best against BSREM's best. The solvers run
 with their defaults, chosen on the 2D case (``docs/map_solvers.md``). Run with
-``NUMBA_NUM_THREADS=1 pytest benchmarks/test_map_convergence.py`` (about 12 minutes on one core).
+``NUMBA_NUM_THREADS=1 pytest benchmarks/test_map_convergence.py`` (9.4 minutes on one core of a loaded 2-core machine).
 """
 
 import time
