@@ -130,3 +130,92 @@ def _mu_scale(e_out, sig511):
     if "table" not in _SCALE_CACHE:
         _SCALE_CACHE["table"] = np.array([_kn_total(e) for e in _SCALE_E])
     return np.interp(e_out, _SCALE_E, _SCALE_CACHE["table"]) / sig511
+
+
+def _line_samples(image, grid, starts, end):
+    """Midpoint samples of ``image`` (one array) on each segment ``starts[i] -> end`` inside the image
+    box: distances from the start (n, N_SAMPLES), mm, and values times the sample length (n, N_SAMPLES)."""
+    nd = grid.ndim
+    vs = np.asarray(grid.voxel_size_mm)
+    lo = np.asarray(grid.origin_mm) - 0.5 * vs
+    hi = lo + np.asarray(grid.extent_mm)
+    d = end[None, :] - starts
+    length = np.linalg.norm(d, axis=1)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t0 = (lo[None] - starts) / d
+        t1 = (hi[None] - starts) / d
+    tmin = np.where(d == 0, -np.inf, np.minimum(t0, t1)).max(axis=1)
+    tmax = np.where(d == 0, np.inf, np.maximum(t0, t1)).min(axis=1)
+    ta, tb = np.maximum(tmin, 0.0), np.minimum(tmax, 1.0)
+    tb = np.maximum(tb, ta)
+    frac = (np.arange(N_SAMPLES) + 0.5) / N_SAMPLES
+    t = ta[:, None] + (tb - ta)[:, None] * frac[None, :]
+    pts = starts[:, None, :] + t[..., None] * d[:, None, :]
+    idx = (pts - np.asarray(grid.origin_mm)) / vs
+    norm = (2.0 * idx / (np.asarray(grid.shape) - 1.0) - 1.0).astype(np.float32)
+    coords = torch.from_numpy(norm[..., ::-1].copy()).reshape((1,) + (1,) * (nd - 2) + (-1, 1, nd))
+    img = torch.from_numpy(np.asarray(image, dtype=np.float32))[None, None]
+    vals = torch.nn.functional.grid_sample(img, coords, mode="bilinear", padding_mode="zeros", align_corners=True)
+    vals = vals.reshape(t.shape).numpy().astype(np.float64)
+    return t * length[:, None], vals * ((tb - ta) * length / N_SAMPLES)[:, None]
+
+
+def brute_force_scatter_tof(activity, mu, grid, layout, edges, sigma, lower=350.0, upper=650.0, fwhm=0.15,
+                            slab_mm=4.0, views=None):
+    """TOF single scatter of the LORs of a SinogramLayout2D, shape ``layout.shape + (len(edges) - 1,)``
+    (only ``views`` filled if given).
+
+    Every activity sample ``E`` at distance ``l`` from the scatter voxel ``S`` on the leg towards ``A``
+    is an event at ``(|SA| - |SB|) / 2 - l`` from the LOR's midpoint towards ``B`` (towards ``B``:
+    ``+ l``), spread by the Gaussian of ``sigma`` (mm) and integrated over the bins (``edges``, mm,
+    scipy.special.ndtr); otherwise as :func:`brute_force_scatter` (2D only).
+    """
+    scanner = layout.scanner
+    xy = scanner.crystal_xy_mm
+    n_cryst = xy.shape[0]
+    side = np.arange(n_cryst) // scanner.n_crystals_per_side
+    phi = 2.0 * np.pi * side / scanner.n_sides
+    nrm = np.stack([np.cos(phi), np.sin(phi)], axis=1)
+    keep = mu > 0
+    centres = np.stack([c[keep] for c in grid.coordinates()], axis=1)
+    sig511 = _kn_total(ME)
+    weight = mu[keep] * grid.voxel_volume_mm3 * slab_mm / sig511
+    n_s = centres.shape[0]
+    u = np.empty((n_cryst, n_s, 2))
+    dist = np.empty((n_cryst, n_s))
+    geom = np.empty((n_cryst, n_s))
+    att = np.empty((n_cryst, n_s))
+    ell = np.empty((n_cryst, n_s, N_SAMPLES))
+    lam = np.empty((n_cryst, n_s, N_SAMPLES))
+    for c in range(n_cryst):
+        v = xy[c][None] - centres
+        dist[c] = np.linalg.norm(v, axis=1)
+        u[c] = v / dist[c][:, None]
+        geom[c] = np.maximum(u[c] @ nrm[c], 0.0) / dist[c] ** 2
+        att[c] = _line_integrals((mu,), grid, centres, xy[c])[0]
+        ell[c], lam[c] = _line_samples(activity, grid, centres, xy[c])
+    eff511 = _efficiency(ME, lower, upper, fwhm)
+    edges = np.asarray(edges, dtype=np.float64)
+    out = np.zeros((layout.n_views, layout.n_radial, edges.size - 1))
+    for v in (range(layout.n_views) if views is None else views):
+        for r in range(layout.n_radial):
+            ca, cb = layout.crystal_pairs[v, r]
+            cos = -(u[ca] * u[cb]).sum(axis=1)
+            e_out = ME / (1.0 + (1.0 - cos))
+            ratio = _mu_scale(e_out, sig511)
+            k = _kn(cos) * _efficiency(e_out, lower, upper, fwhm) / eff511
+            f = weight * k * geom[ca] * geom[cb]
+            half = 0.5 * (dist[ca] - dist[cb])
+            prof = np.zeros(edges.size)
+            for leg, sign, ex in ((ca, -1.0, np.exp(-(att[ca] + ratio * att[cb]))),
+                                  (cb, 1.0, np.exp(-(ratio * att[ca] + att[cb])))):
+                pos = half[:, None] + sign * ell[leg]  # (n_s, N_SAMPLES)
+                amp = (f * ex)[:, None] * lam[leg]
+                cdf = special.ndtr((edges[None, None, :] - pos[..., None]) / sigma)
+                prof += np.einsum("sk,ske->e", amp, cdf)
+            ab = xy[cb] - xy[ca]
+            r2 = (ab**2).sum()
+            cos_a = -(nrm[ca] * ab).sum() / np.sqrt(r2)
+            cos_b = (nrm[cb] * ab).sum() / np.sqrt(r2)
+            out[v, r] = np.diff(prof) * r2 / (cos_a * cos_b)
+    return out
