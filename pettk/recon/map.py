@@ -35,6 +35,12 @@ DEFAULT_RELAXATION = 0.0035
 DEFAULT_DELTA = 0.5
 
 
+def default_delta(x: torch.Tensor, keep: torch.Tensor) -> float:
+    """The preconditioner's ``delta``: :data:`DEFAULT_DELTA` times the start image's mean over ``keep``."""
+    value = DEFAULT_DELTA * float(x[keep].mean()) if bool(keep.any()) else 0.0
+    return max(value, 1e-12)
+
+
 def _check_prior(prior, beta) -> float:
     if not isinstance(prior, Prior):
         raise TypeError(f"prior must be a pettk.recon prior (quadratic, rdp, tv), got {type(prior).__name__}")
@@ -155,8 +161,7 @@ def bsrem_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int = 1
     keep = problem.mask
     x = problem.x0.clone()
     if delta is None:
-        delta = DEFAULT_DELTA * float(x[keep].mean()) if bool(keep.any()) else 0.0
-        delta = max(delta, 1e-12)
+        delta = default_delta(x, keep)
     sens = model.sensitivity(x.dtype, x.device)
     # the subset gradient is about 1/M of the full one: the shared preconditioner uses s / M
     sens_per_subset = torch.where(keep, sens, torch.ones_like(sens)) / n_subsets

@@ -41,7 +41,7 @@ from .._validation import as_nonnegative_int, as_positive_float, as_positive_int
 from ..backends.em_update import em_ratio
 from ..likelihood import poisson_nll
 from ._common import ReconState, check_iterations, prepare, run, split_subsets, subset_progress
-from .map import DEFAULT_DELTA, _check_prior, subset_order
+from .map import _check_prior, default_delta, subset_order
 
 __all__ = ["svrg_map", "svrg_map_iterates", "SVRG_DEFAULT_STEP", "SVRG_DEFAULT_MAX_STEP", "SVRG_DEFAULT_WARMUP",
            "SVRG_DEFAULT_SNAPSHOT_EVERY"]
@@ -117,8 +117,7 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
     keep = problem.mask
     x = problem.x0.clone()
     if delta is None:
-        delta = DEFAULT_DELTA * float(x[keep].mean()) if bool(keep.any()) else 0.0
-        delta = max(delta, 1e-12)
+        delta = default_delta(x, keep)
     sens = torch.where(keep, model.sensitivity(x.dtype, x.device), torch.ones_like(x))
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     order = subset_order(n_subsets)
