@@ -198,24 +198,23 @@ def brute_force_scatter_tof(activity, mu, grid, layout, edges, sigma, lower=350.
     edges = np.asarray(edges, dtype=np.float64)
     out = np.zeros((layout.n_views, layout.n_radial, edges.size - 1))
     for v in (range(layout.n_views) if views is None else views):
-        for r in range(layout.n_radial):
-            ca, cb = layout.crystal_pairs[v, r]
-            cos = -(u[ca] * u[cb]).sum(axis=1)
-            e_out = ME / (1.0 + (1.0 - cos))
-            ratio = _mu_scale(e_out, sig511)
-            k = _kn(cos) * _efficiency(e_out, lower, upper, fwhm) / eff511
-            f = weight * k * geom[ca] * geom[cb]
-            half = 0.5 * (dist[ca] - dist[cb])
-            prof = np.zeros(edges.size)
-            for leg, sign, ex in ((ca, -1.0, np.exp(-(att[ca] + ratio * att[cb]))),
-                                  (cb, 1.0, np.exp(-(ratio * att[ca] + att[cb])))):
-                pos = half[:, None] + sign * ell[leg]  # (n_s, N_SAMPLES)
-                amp = (f * ex)[:, None] * lam[leg]
-                cdf = special.ndtr((edges[None, None, :] - pos[..., None]) / sigma)
-                prof += np.einsum("sk,ske->e", amp, cdf)
-            ab = xy[cb] - xy[ca]
-            r2 = (ab**2).sum()
-            cos_a = -(nrm[ca] * ab).sum() / np.sqrt(r2)
-            cos_b = (nrm[cb] * ab).sum() / np.sqrt(r2)
-            out[v, r] = np.diff(prof) * r2 / (cos_a * cos_b)
+        ca, cb = layout.crystal_pairs[v, :, 0], layout.crystal_pairs[v, :, 1]  # (n_radial,)
+        cos = -(u[ca] * u[cb]).sum(axis=-1)  # (n_radial, n_s)
+        e_out = ME / (1.0 + (1.0 - cos))
+        ratio = _mu_scale(e_out, sig511)
+        k = _kn(cos) * _efficiency(e_out, lower, upper, fwhm) / eff511
+        f = weight[None] * k * geom[ca] * geom[cb]
+        half = 0.5 * (dist[ca] - dist[cb])
+        prof = np.zeros((ca.size, edges.size))
+        for leg, sign, ex in ((ca, -1.0, np.exp(-(att[ca] + ratio * att[cb]))),
+                              (cb, 1.0, np.exp(-(ratio * att[ca] + att[cb])))):
+            pos = half[..., None] + sign * ell[leg]  # (n_radial, n_s, N_SAMPLES)
+            amp = (f * ex)[..., None] * lam[leg]
+            for e, edge in enumerate(edges):
+                prof[:, e] += (amp * special.ndtr((edge - pos) / sigma)).sum(axis=(1, 2))
+        ab = xy[cb] - xy[ca]
+        r2 = (ab**2).sum(axis=1)
+        cos_a = -(nrm[ca] * ab).sum(axis=1) / np.sqrt(r2)
+        cos_b = (nrm[cb] * ab).sum(axis=1) / np.sqrt(r2)
+        out[v] = np.diff(prof, axis=1) * (r2 / (cos_a * cos_b))[:, None]
     return out

@@ -106,6 +106,5 @@ def test_tail_fit_bad_input(data):
         tail_mask(att, threshold=1.5)
     with pytest.raises(ValueError, match="prompts must have shape"):
         scatter_loop(proj, prompts[:-1], mu)
-    tof = pettk.Projector(proj.grid, proj.geometry, tof=pettk.TOFParams(fwhm_mm=50.0, n_bins=5, bin_width_mm=80.0))
-    with pytest.raises(ValueError, match="TOF"):
-        scatter_additive(tof, activity, mu)
+    with pytest.raises(ValueError, match="all views"):
+        scatter_additive(pettk.Projector(proj.grid, proj.geometry, views=[0, 1]), activity, mu)

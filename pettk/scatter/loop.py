@@ -7,6 +7,10 @@
   additive term, simulate single scatter from that activity, fit its scale to the tails, repeat
   (2-3 rounds).
 
+With a TOF projector both use :func:`~pettk.scatter.sss_tof.single_scatter_tof` (the scatter gets
+the TOF axis) and the loop fits its one scale to the tails of the TOF-summed data (the tail mask is
+a non-TOF one).
+
 Units: the SSS sinogram is in the units of the projector's line integrals of the activity, like
 ``P(x)``; the model's unscattered counts are ``normalisation * attenuation * P(x)``, so the scatter
 counts are ``scale * normalisation * sss(x)``. With the activity reconstructed from the same
@@ -26,6 +30,7 @@ from .._validation import as_nonnegative_int, as_positive_int
 from ..physics import ForwardModel, attenuation_factors
 from ..projector import Projector
 from .sss import single_scatter
+from .sss_tof import single_scatter_tof
 from .tail_fit import fit_tail_scale, tail_mask
 
 __all__ = ["scatter_additive", "scatter_loop", "ScatterLoopResult"]
@@ -38,12 +43,16 @@ def _projector_of(model) -> Projector:
         projector = model
     else:
         raise TypeError(f"model must be a ForwardModel or a Projector, got {type(model).__name__}")
-    if projector.tof is not None:
-        raise ValueError("TOF scatter (a TOF-aware SSS) is not implemented: estimate scatter with the "
-                         "non-TOF projector (projector.without_tof()) and a non-TOF model")
     if projector.views is not None:
         raise ValueError("scatter is estimated on all views; pass the full model, not a subset")
     return projector
+
+
+def _sss(projector: Projector, activity, mu, options: dict):
+    """Single scatter on the projector's sinogram: TOF (its bins) or not."""
+    if projector.tof is None:
+        return single_scatter(projector, activity, mu, **options)
+    return single_scatter_tof(projector, activity, mu, **options)
 
 
 def scatter_additive(model, activity, mu, *, scale: float = 1.0, normalisation=None, **sss_options):
@@ -51,14 +60,15 @@ def scatter_additive(model, activity, mu, *, scale: float = 1.0, normalisation=N
 
     Parameters
     ----------
-    model : ForwardModel or Projector (non-TOF, all views)
+    model : ForwardModel or Projector (all views; TOF or not)
     activity, mu : the activity estimate and the 511 keV mu-map (1/mm) on the model's grid.
     scale : float
         From :func:`~pettk.scatter.tail_fit.fit_tail_scale` (or :func:`scatter_loop`).
     normalisation : array or tensor of ``model.shape_out``, optional
         The detection efficiencies that multiply the model's trues (``None``: 1).
     **sss_options
-        Passed to :func:`~pettk.scatter.sss.single_scatter` (window, scatter_step_mm, ...).
+        Passed to :func:`~pettk.scatter.sss.single_scatter` (window, scatter_step_mm, ...), or to
+        :func:`~pettk.scatter.sss_tof.single_scatter_tof` with a TOF model.
 
     Returns the same array type as ``activity``; add randoms and give it to
     ``ForwardModel(..., additive=...)`` or ``model.with_background(additive)``.
@@ -67,7 +77,7 @@ def scatter_additive(model, activity, mu, *, scale: float = 1.0, normalisation=N
     scale = float(scale)
     if not np.isfinite(scale) or scale < 0:
         raise ValueError(f"scale must be a finite number >= 0, got {scale!r}")
-    s = single_scatter(projector, activity, mu, **sss_options) * scale
+    s = _sss(projector, activity, mu, sss_options) * scale
     if normalisation is not None:
         n = normalisation
         if isinstance(s, torch.Tensor) and isinstance(n, np.ndarray):
@@ -106,7 +116,9 @@ def scatter_loop(projector: Projector, prompts, mu, *, randoms=None, normalisati
 
     Parameters
     ----------
-    projector : Projector (non-TOF) on a SinogramLayout or SinogramLayout2D
+    projector : Projector on a SinogramLayout or SinogramLayout2D; with TOF, ``prompts``,
+        ``randoms`` and ``normalisation`` have its TOF shape and the scale is fitted to the
+        TOF-summed tails
     prompts : array or tensor, ``projector.shape_out`` (counts)
     mu : array or tensor, the 511 keV mu-map (1/mm) on the projector's grid
     randoms : array or tensor, optional: expected randoms (>= 0)
@@ -118,7 +130,8 @@ def scatter_loop(projector: Projector, prompts, mu, *, randoms=None, normalisati
         OSEM epochs and subsets per round (each round starts from the last round's image).
     tail_threshold, tail_margin : see :func:`~pettk.scatter.tail_fit.tail_mask`
     method : "poisson" or "lsq", see :func:`~pettk.scatter.tail_fit.fit_tail_scale`
-    sss_options : dict, optional -- passed to :func:`~pettk.scatter.sss.single_scatter`
+    sss_options : dict, optional -- passed to :func:`~pettk.scatter.sss.single_scatter` (or
+        :func:`~pettk.scatter.sss_tof.single_scatter_tof`)
     progress : bool -- a tqdm bar over the rounds
     """
     projector = _projector_of(projector)
@@ -160,10 +173,14 @@ def scatter_loop(projector: Projector, prompts, mu, *, randoms=None, normalisati
         additive = scatter if r is None else scatter + r
         model = base.with_background(additive)
         x = osem(model, y, n_iter, n_subsets, x0=x)
-        unscaled = single_scatter(projector, x, mu_t, **options)
+        unscaled = _sss(projector, x, mu_t, options)
         if norm is not None:
             unscaled = unscaled * norm
-        scale = fit_tail_scale(y, unscaled, mask, zeros if r is None else r, method=method)
+        if projector.tof is None:
+            scale = fit_tail_scale(y, unscaled, mask, zeros if r is None else r, method=method)
+        else:
+            scale = fit_tail_scale(y.sum(-1), unscaled.sum(-1), mask, zeros.sum(-1) if r is None else r.sum(-1),
+                                   method=method)
         scales.append(scale)
         scatter = unscaled * scale
     return ScatterLoopResult(scatter=scatter, activity=x, scales=scales, mask=mask)
