@@ -195,7 +195,8 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     ----------
     projector : Projector
         On a :class:`~pettk.geometry.SinogramLayout` (3D grid) or
-        :class:`~pettk.geometry.SinogramLayout2D` (2D grid); TOF is ignored (non-TOF result), and
+        :class:`~pettk.geometry.SinogramLayout2D` (2D grid); TOF is ignored (non-TOF result; see
+        :func:`~pettk.scatter.sss_tof.single_scatter_tof`), and
         so is a view restriction (all views are returned).
     activity : array or tensor, shape ``grid.shape``
         Activity (any unit, >= 0): the result is in the unit of its line integrals.
