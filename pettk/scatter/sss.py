@@ -52,6 +52,7 @@ library", IEEE NSS/MIC 2004.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -185,6 +186,124 @@ def _luts(window: EnergyWindow):
 
 
 @keep_torch_threads
+def axial_geometry(layout, normals: np.ndarray, crystal_pairs: np.ndarray):
+    """Per sinogram bin the transaxial geometry of the axial stage -- ``1 / (cos_a^xy cos_b^xy)``
+    (0 where a crystal does not face the LOR) and ``|d_xy|^2`` -- and the plane ring pairs with the
+    rings' axial positions (one plane at z = 0 in 2D)."""
+    scanner = layout.scanner
+    cxy = scanner.crystal_xy_mm
+    d_xy = cxy[crystal_pairs[..., 0]] - cxy[crystal_pairs[..., 1]]
+    dxy2 = np.einsum("vrk,vrk->vr", d_xy, d_xy)
+    cos_a = np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 0]], d_xy)
+    cos_b = -np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 1]], d_xy)
+    ok = (cos_a > 1e-9 * dxy2) & (cos_b > 1e-9 * dxy2)
+    inv_geom = np.where(ok, 1.0 / np.where(ok, cos_a * cos_b, 1.0), 0.0)
+    if isinstance(layout, SinogramLayout):
+        plane_rings = np.ascontiguousarray(layout.plane_rings, dtype=np.int64)
+        ring_z = np.ascontiguousarray(scanner.ring_positions_mm, dtype=np.float64)
+    else:
+        plane_rings = np.zeros((1, 2), dtype=np.int64)
+        ring_z = np.zeros(1)
+    return inv_geom, dxy2, plane_rings, ring_z
+
+
+@dataclass(frozen=True)
+class CoarseProblem:
+    """What the non-TOF and the TOF SSS share: the checked inputs, the scatter points with their
+    weights, the coarse detectors (index ``d = iz * n_t + it``) and the interpolation weights."""
+
+    layout: object
+    grid: ImageGrid
+    scanner: object
+    window: EnergyWindow
+    like: object
+    single: bool
+    act: np.ndarray
+    mu: np.ndarray
+    pos: np.ndarray
+    weight: np.ndarray
+    n_s: int
+    crystals: np.ndarray
+    rings: np.ndarray
+    n_t: int
+    n_z: int
+    xy: np.ndarray
+    det: np.ndarray
+    n_det: int
+    t_lo: np.ndarray
+    t_hi: np.ndarray
+    t_w: np.ndarray
+    z_lo: np.ndarray
+    z_hi: np.ndarray
+    z_w: np.ndarray
+    crystal_pairs: np.ndarray
+
+
+def coarse_setup(caller: str, projector, activity, mu, window, scatter_step_mm, mu_threshold, per_side, n_axial,
+                 slab_thickness_mm, mu_grid=None) -> CoarseProblem:
+    """Check the inputs of ``caller`` (before any work) and build its :class:`CoarseProblem`."""
+    if not isinstance(projector, Projector):
+        raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
+    layout = projector.geometry
+    if not isinstance(layout, (SinogramLayout, SinogramLayout2D)):
+        raise TypeError(f"{caller} needs a projector on a SinogramLayout or SinogramLayout2D (crystal "
+                        f"geometry), got {type(layout).__name__}")
+    grid = projector.grid
+    if mu_grid is not None:
+        if not isinstance(mu_grid, ImageGrid):
+            raise TypeError(f"mu_grid must be an ImageGrid, got {type(mu_grid).__name__}")
+        if mu_grid != grid:
+            raise ValueError(f"mu_grid {mu_grid!r} differs from the activity's grid {grid!r}; "
+                             "resample the mu-map onto the activity's grid first")
+    window = EnergyWindow() if window is None else window
+    if not isinstance(window, EnergyWindow):
+        raise TypeError(f"window must be an EnergyWindow, got {type(window).__name__}")
+    step = as_positive_float("scatter_step_mm", scatter_step_mm)
+    threshold = as_nonnegative_float("mu_threshold", mu_threshold)
+    scanner = layout.scanner
+    n_cryst = scanner.n_crystals_per_ring
+    n_rings = scanner.n_rings if isinstance(layout, SinogramLayout) else 1
+    per_side = as_positive_int("per_side", per_side, maximum=scanner.n_crystals_per_side)
+    if n_axial is None:
+        extent = float(scanner.ring_positions_mm[-1] - scanner.ring_positions_mm[0])
+        n_z = min(n_rings, max(2, int(math.ceil(extent / 32.0)) + 1))
+    else:
+        n_z = as_positive_int("n_axial", n_axial, maximum=n_rings)
+    if isinstance(layout, SinogramLayout2D):
+        slab = scanner.crystal_spacing_mm if slab_thickness_mm is None else \
+            as_positive_float("slab_thickness_mm", slab_thickness_mm)
+    elif slab_thickness_mm is not None:
+        raise ValueError("slab_thickness_mm is for 2D (SinogramLayout2D) only")
+    like = activity
+    single = (isinstance(activity, torch.Tensor) and activity.dtype == torch.float32) or \
+        (isinstance(activity, np.ndarray) and activity.dtype == np.float32)
+    act = _as_image("activity", activity, grid.shape)
+    mu_np = _as_image("mu", mu, grid.shape)
+
+    pos, weight = scatter_points(mu_np, grid, step, threshold)
+    if grid.ndim == 2:
+        weight = weight * slab  # n_e V = mu V / sigma(511): the 1/sigma(511) sits in the look-up table
+    n_s = pos.shape[0]
+
+    # coarse detectors: index d = iz * n_t + it
+    crystals, rings = coarse_detectors(scanner, n_rings, per_side, n_z)
+    n_t, n_z = crystals.size, rings.size
+    xy = scanner.crystal_xy_mm[crystals]
+    if grid.ndim == 3:
+        z = scanner.ring_positions_mm[rings]
+        det = np.concatenate([np.broadcast_to(xy, (n_z, n_t, 2)),
+                              np.broadcast_to(z[:, None, None], (n_z, n_t, 1))], axis=-1).reshape(-1, 3)
+    else:
+        det = np.concatenate([xy, np.zeros((n_t, 1))], axis=1)
+    n_det = det.shape[0]
+
+    t_lo, t_hi, t_w = _interp_weights(crystals, n_cryst, periodic=True)
+    z_lo, z_hi, z_w = _interp_weights(rings, n_rings, periodic=False)
+    crystal_pairs = np.ascontiguousarray(layout.crystal_pairs, dtype=np.int64)
+    return CoarseProblem(layout, grid, scanner, window, like, single, act, mu_np, pos, weight, n_s, crystals, rings,
+                         n_t, n_z, xy, det, n_det, t_lo, t_hi, t_w, z_lo, z_hi, z_w, crystal_pairs)
+
+
 def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow | None = None,
                    scatter_step_mm: float = 15.0, mu_threshold: float = 0.001, per_side: int = 2,
                    n_axial: int | None = None, slab_thickness_mm: float | None = None,
@@ -230,66 +349,13 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     The computation runs on the CPU (numba kernels and the CPU projector): CUDA tensors are copied
     to the CPU and the result is copied back to the activity's device.
     """
-    if not isinstance(projector, Projector):
-        raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
-    layout = projector.geometry
-    if not isinstance(layout, (SinogramLayout, SinogramLayout2D)):
-        raise TypeError("single_scatter needs a projector on a SinogramLayout or SinogramLayout2D (crystal "
-                        f"geometry), got {type(layout).__name__}")
-    grid = projector.grid
-    if mu_grid is not None:
-        if not isinstance(mu_grid, ImageGrid):
-            raise TypeError(f"mu_grid must be an ImageGrid, got {type(mu_grid).__name__}")
-        if mu_grid != grid:
-            raise ValueError(f"mu_grid {mu_grid!r} differs from the activity's grid {grid!r}; "
-                             "resample the mu-map onto the activity's grid first")
-    window = EnergyWindow() if window is None else window
-    if not isinstance(window, EnergyWindow):
-        raise TypeError(f"window must be an EnergyWindow, got {type(window).__name__}")
-    step = as_positive_float("scatter_step_mm", scatter_step_mm)
-    threshold = as_nonnegative_float("mu_threshold", mu_threshold)
-    scanner = layout.scanner
-    n_cryst = scanner.n_crystals_per_ring
-    n_rings = scanner.n_rings if isinstance(layout, SinogramLayout) else 1
-    per_side = as_positive_int("per_side", per_side, maximum=scanner.n_crystals_per_side)
-    if n_axial is None:
-        extent = float(scanner.ring_positions_mm[-1] - scanner.ring_positions_mm[0])
-        n_z = min(n_rings, max(2, int(math.ceil(extent / 32.0)) + 1))
-    else:
-        n_z = as_positive_int("n_axial", n_axial, maximum=n_rings)
-    if isinstance(layout, SinogramLayout2D):
-        slab = scanner.crystal_spacing_mm if slab_thickness_mm is None else \
-            as_positive_float("slab_thickness_mm", slab_thickness_mm)
-    elif slab_thickness_mm is not None:
-        raise ValueError("slab_thickness_mm is for 2D (SinogramLayout2D) only")
-    like = activity
-    act_dtype = np.float32 if (isinstance(activity, torch.Tensor) and activity.dtype == torch.float32) or \
-        (isinstance(activity, np.ndarray) and activity.dtype == np.float32) else np.float64
-    act = _as_image("activity", activity, grid.shape)
-    mu_np = _as_image("mu", mu, grid.shape)
-
-    # scatter points
-    pos, mu_vol = scatter_points(mu_np, grid, step, threshold)
-    if grid.ndim == 2:
-        mu_vol = mu_vol * slab
-    weight = mu_vol  # n_e V = mu V / sigma(511): the 1/sigma(511) sits in the look-up table
-    n_s = pos.shape[0]
-
-    # coarse detectors: index d = iz * n_t + it
-    crystals, rings = coarse_detectors(scanner, n_rings, per_side, n_z)
-    n_t, n_z = crystals.size, rings.size
-    xy = scanner.crystal_xy_mm[crystals]
-    if grid.ndim == 3:
-        z = scanner.ring_positions_mm[rings]
-        det = np.concatenate([np.broadcast_to(xy, (n_z, n_t, 2)),
-                              np.broadcast_to(z[:, None, None], (n_z, n_t, 1))], axis=-1).reshape(-1, 3)
-    else:
-        det = np.concatenate([xy, np.zeros((n_t, 1))], axis=1)
-    n_det = det.shape[0]
-
-    t_lo, t_hi, t_w = _interp_weights(crystals, n_cryst, periodic=True)
-    z_lo, z_hi, z_w = _interp_weights(rings, n_rings, periodic=False)
-    crystal_pairs = np.ascontiguousarray(layout.crystal_pairs, dtype=np.int64)
+    c = coarse_setup("single_scatter", projector, activity, mu, window, scatter_step_mm, mu_threshold, per_side,
+                     n_axial, slab_thickness_mm, mu_grid)
+    layout, grid, scanner, window, act, mu_np, like = c.layout, c.grid, c.scanner, c.window, c.act, c.mu, c.like
+    pos, weight, n_s, n_t, n_z = c.pos, c.weight, c.n_s, c.n_t, c.n_z
+    xy, det, n_det, crystal_pairs = c.xy, c.det, c.n_det, c.crystal_pairs
+    t_lo, t_hi, t_w, z_lo, z_hi, z_w = c.t_lo, c.t_hi, c.t_w, c.z_lo, c.z_hi, c.z_w
+    act_dtype = np.float32 if c.single else np.float64
 
     table = np.zeros((n_z, n_t, n_z, n_t, 5))
     if n_s:
@@ -325,19 +391,7 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     normals = np.ascontiguousarray(_crystal_normals(scanner))
     stage = np.empty((n_z, n_z, layout.n_views, layout.n_radial))
     _kernels.transaxial_stage(table, crystal_pairs, t_lo, t_hi, t_w, normals, stage)
-    cxy = scanner.crystal_xy_mm
-    d_xy = cxy[crystal_pairs[..., 0]] - cxy[crystal_pairs[..., 1]]
-    dxy2 = np.einsum("vrk,vrk->vr", d_xy, d_xy)
-    cos_a = np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 0]], d_xy)
-    cos_b = -np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 1]], d_xy)
-    ok = (cos_a > 1e-9 * dxy2) & (cos_b > 1e-9 * dxy2)
-    inv_geom = np.where(ok, 1.0 / np.where(ok, cos_a * cos_b, 1.0), 0.0)  # 1 / (cos_a^xy cos_b^xy |d_xy|^2)
-    if isinstance(layout, SinogramLayout):
-        plane_rings = np.ascontiguousarray(layout.plane_rings, dtype=np.int64)
-        ring_z = np.ascontiguousarray(scanner.ring_positions_mm, dtype=np.float64)
-    else:
-        plane_rings = np.zeros((1, 2), dtype=np.int64)
-        ring_z = np.zeros(1)
+    inv_geom, dxy2, plane_rings, ring_z = axial_geometry(layout, normals, crystal_pairs)
     out_dtype = np.float32 if act_dtype == np.float32 else np.float64
     out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial), dtype=out_dtype)
     _kernels.axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)

@@ -48,14 +48,14 @@ import math
 import numpy as np
 import torch
 
-from .._validation import as_nonnegative_float, as_positive_float, as_positive_int
+from .._validation import as_positive_float
 from ..backends._threads import keep_torch_threads
-from ..geometry import ImageGrid, SinogramLayout, SinogramLayout2D, TOFParams
+from ..geometry import ImageGrid, TOFParams
 from ..projector import Projector
 from . import _tof_kernels
 from .energy import EnergyWindow
 from .lines import sample_linear, segment_integrals
-from .sss import _as_image, _crystal_normals, _interp_weights, _luts, _needed_pairs, coarse_detectors, scatter_points
+from .sss import _crystal_normals, _luts, _needed_pairs, axial_geometry, coarse_setup
 
 __all__ = ["single_scatter_tof", "leg_chunks"]
 
@@ -127,60 +127,20 @@ def single_scatter_tof(projector: Projector, activity, mu, *, tof: TOFParams | N
     """
     if not isinstance(projector, Projector):
         raise TypeError(f"projector must be a Projector, got {type(projector).__name__}")
-    layout = projector.geometry
-    if not isinstance(layout, (SinogramLayout, SinogramLayout2D)):
-        raise TypeError("single_scatter_tof needs a projector on a SinogramLayout or SinogramLayout2D (crystal "
-                        f"geometry), got {type(layout).__name__}")
     if tof is None:
         tof = projector.tof
         if tof is None:
             raise ValueError("tof is required: pass tof=TOFParams(...) or a projector with TOF")
     elif not isinstance(tof, TOFParams):
         raise TypeError(f"tof must be a TOFParams or None, got {type(tof).__name__}")
-    grid = projector.grid
-    window = EnergyWindow() if window is None else window
-    if not isinstance(window, EnergyWindow):
-        raise TypeError(f"window must be an EnergyWindow, got {type(window).__name__}")
-    step = as_positive_float("scatter_step_mm", scatter_step_mm)
     leg_step = tof.sigma_mm if leg_step_mm is None else as_positive_float("leg_step_mm", leg_step_mm)
-    threshold = as_nonnegative_float("mu_threshold", mu_threshold)
-    scanner = layout.scanner
-    n_rings = scanner.n_rings if isinstance(layout, SinogramLayout) else 1
-    per_side = as_positive_int("per_side", per_side, maximum=scanner.n_crystals_per_side)
-    if n_axial is None:
-        extent = float(scanner.ring_positions_mm[-1] - scanner.ring_positions_mm[0])
-        n_z = min(n_rings, max(2, int(math.ceil(extent / 32.0)) + 1))
-    else:
-        n_z = as_positive_int("n_axial", n_axial, maximum=n_rings)
-    if isinstance(layout, SinogramLayout2D):
-        slab = scanner.crystal_spacing_mm if slab_thickness_mm is None else \
-            as_positive_float("slab_thickness_mm", slab_thickness_mm)
-    elif slab_thickness_mm is not None:
-        raise ValueError("slab_thickness_mm is for 2D (SinogramLayout2D) only")
-    like = activity
-    single = (isinstance(activity, torch.Tensor) and activity.dtype == torch.float32) or \
-        (isinstance(activity, np.ndarray) and activity.dtype == np.float32)
-    act = _as_image("activity", activity, grid.shape)
-    mu_np = _as_image("mu", mu, grid.shape)
+    c = coarse_setup("single_scatter_tof", projector, activity, mu, window, scatter_step_mm, mu_threshold, per_side,
+                     n_axial, slab_thickness_mm)
+    layout, grid, scanner, window, act, mu_np, like = c.layout, c.grid, c.scanner, c.window, c.act, c.mu, c.like
+    pos, weight, n_s, n_t, n_z, single = c.pos, c.weight, c.n_s, c.n_t, c.n_z, c.single
+    xy, det, n_det, crystal_pairs = c.xy, c.det, c.n_det, c.crystal_pairs
+    t_lo, t_hi, t_w, z_lo, z_hi, z_w = c.t_lo, c.t_hi, c.t_w, c.z_lo, c.z_hi, c.z_w
     n_tof = tof.n_bins
-
-    pos, weight = scatter_points(mu_np, grid, step, threshold)
-    if grid.ndim == 2:
-        weight = weight * slab
-    n_s = pos.shape[0]
-    crystals, rings = coarse_detectors(scanner, n_rings, per_side, n_z)
-    n_t, n_z = crystals.size, rings.size
-    xy = scanner.crystal_xy_mm[crystals]
-    if grid.ndim == 3:
-        z = scanner.ring_positions_mm[rings]
-        det = np.concatenate([np.broadcast_to(xy, (n_z, n_t, 2)),
-                              np.broadcast_to(z[:, None, None], (n_z, n_t, 1))], axis=-1).reshape(-1, 3)
-    else:
-        det = np.concatenate([xy, np.zeros((n_t, 1))], axis=1)
-    n_det = det.shape[0]
-    t_lo, t_hi, t_w = _interp_weights(crystals, scanner.n_crystals_per_ring, periodic=True)
-    z_lo, z_hi, z_w = _interp_weights(rings, n_rings, periodic=False)
-    crystal_pairs = np.ascontiguousarray(layout.crystal_pairs, dtype=np.int64)
 
     n_comp = 1 + 4 * n_tof
     table = np.zeros((n_z, n_t, n_z, n_t, n_comp))
@@ -224,19 +184,7 @@ def single_scatter_tof(projector: Projector, activity, mu, *, tof: TOFParams | N
     normals = np.ascontiguousarray(_crystal_normals(scanner))
     stage = np.empty((n_z, n_z, layout.n_views, layout.n_radial, n_tof))
     _tof_kernels.transaxial_stage_tof(table, crystal_pairs, t_lo, t_hi, t_w, normals, stage)
-    cxy = scanner.crystal_xy_mm
-    d_xy = cxy[crystal_pairs[..., 0]] - cxy[crystal_pairs[..., 1]]
-    dxy2 = np.einsum("vrk,vrk->vr", d_xy, d_xy)
-    cos_a = np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 0]], d_xy)
-    cos_b = -np.einsum("vrk,vrk->vr", normals[crystal_pairs[..., 1]], d_xy)
-    ok = (cos_a > 1e-9 * dxy2) & (cos_b > 1e-9 * dxy2)
-    inv_geom = np.where(ok, 1.0 / np.where(ok, cos_a * cos_b, 1.0), 0.0)
-    if isinstance(layout, SinogramLayout):
-        plane_rings = np.ascontiguousarray(layout.plane_rings, dtype=np.int64)
-        ring_z = np.ascontiguousarray(scanner.ring_positions_mm, dtype=np.float64)
-    else:
-        plane_rings = np.zeros((1, 2), dtype=np.int64)
-        ring_z = np.zeros(1)
+    inv_geom, dxy2, plane_rings, ring_z = axial_geometry(layout, normals, crystal_pairs)
     out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial, n_tof),
                    dtype=np.float32 if single else np.float64)
     _tof_kernels.axial_stage_tof(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)
