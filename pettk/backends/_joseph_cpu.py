@@ -349,7 +349,17 @@ def _line_lm_tof(img, strides, shape, origin, vs, x0, y0, z0, x1, y1, z1, tof, n
     e_lo = tof[0] + bin_ * tof[1]
     e_hi = e_lo + tof[1]
     acc = 0.0
-    for i in range(lo, hi + 1):
+    if lo > hi:
+        return acc
+    # visit only the planes whose window can hold the event's bin (t within reach of the bin),
+    # with one plane of margin each side for rounding: the exact test below decides
+    i0 = (e_lo - tof[3] - tc) / ts
+    i1 = (e_hi + tof[3] - tc) / ts
+    if i0 > i1:
+        i0, i1 = i1, i0
+    first = max(lo, int(math.floor(min(max(i0, lo - 1.0), hi + 1.0))) - 1)
+    last = min(hi, int(math.ceil(min(max(i1, lo - 1.0), hi + 1.0))) + 1)
+    for i in range(first, last + 1):
         t = tc + i * ts
         b_lo, b_hi = _tof_window(t, tof, n_bins)
         if bin_ < b_lo or bin_ > b_hi:
