@@ -352,12 +352,14 @@ def test_emulated_kernels_agree_with_numba(emulator, problem, dtype, rtol):
 
 
 @requires_cxx
-def test_emulated_float64_geometry_is_the_cpus_bit_for_bit(emulator, tiny):
-    """Same arithmetic in the same order: the float64 forward projections are identical."""
+def test_emulated_float64_geometry_agrees_with_the_cpu(emulator, tiny):
+    """The CUDA kernel samples per LOR; the CPU's 3D sinogram path interpolates one axial column per
+    voxel plane and transaxial LOR (pettk.backends._joseph_sino), the same samples in another
+    order: float64 forward projections agree to rounding."""
     tables = tiny.layout.lor_tables()
     forward, _ = _emulated_plan(emulator, tiny.grid, tables, None)
     x = np.random.default_rng(5).random(tiny.grid.shape)
-    np.testing.assert_array_equal(forward(x), CPUPlan(tiny.grid, tables).forward(torch.from_numpy(x)).numpy())
+    assert _rel(forward(x), CPUPlan(tiny.grid, tables).forward(torch.from_numpy(x)).numpy()) < 1e-12
 
 
 @requires_cxx
