@@ -146,14 +146,16 @@ def axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom_xy, dxy2, ring_z, 
 
     Parameters
     ----------
-    stage : (n_za, n_za, n_views, n_radial) output of :func:`transaxial_stage`
+    stage : (n_za, n_za, n_views, n_radial, n_tof) output of :func:`transaxial_stage` with a trailing
+        axis (``stage[..., None]`` without TOF; ``n_tof`` bins for the TOF SSS)
     plane_rings : (n_planes, 2) int64 ring pair of every plane
     z_lo, z_hi, z_w : (n_rings,) coarse neighbours of every ring and the weight of ``z_hi``
     ring_z : (n_rings,) ring positions (mm)
-    out : (n_planes, n_views, n_radial), float32 or float64
+    out : (n_planes, n_views, n_radial, n_tof), float32 or float64 (``out[..., None]`` without TOF)
     """
     n_views = stage.shape[2]
     n_radial = stage.shape[3]
+    n_tof = stage.shape[4]
     for p in prange(plane_rings.shape[0]):
         ra = plane_rings[p, 0]
         rb = plane_rings[p, 1]
@@ -173,5 +175,7 @@ def axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom_xy, dxy2, ring_z, 
         w11 = wa[1] * wb[1]
         for v in range(n_views):
             for r in range(n_radial):
-                val = (w00 * s00[v, r] + w01 * s01[v, r]) + (w10 * s10[v, r] + w11 * s11[v, r])
-                out[p, v, r] = val * inv_geom_xy[v, r] * (dxy2[v, r] + dz2)
+                g = inv_geom_xy[v, r] * (dxy2[v, r] + dz2)
+                for t in range(n_tof):
+                    val = (w00 * s00[v, r, t] + w01 * s01[v, r, t]) + (w10 * s10[v, r, t] + w11 * s11[v, r, t])
+                    out[p, v, r, t] = val * g

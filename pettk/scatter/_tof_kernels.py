@@ -139,35 +139,3 @@ def transaxial_stage_tof(table, crystal_pairs, t_lo, t_hi, t_w, normals, out):
                     i = 4 * t
                     out[za, zb, v, r, t] = e * (nax * (q[i] * nbx + q[i + 1] * nby)
                                                 + nay * (q[i + 2] * nbx + q[i + 3] * nby))
-
-
-@njit(parallel=True, cache=True)
-def axial_stage_tof(stage, plane_rings, z_lo, z_hi, z_w, inv_geom_xy, dxy2, ring_z, out):
-    """``_kernels.axial_stage`` with a trailing TOF axis: ``stage`` ``(n_za, n_za, n_views, n_radial,
-    n_tof)``, ``out`` ``(n_planes, n_views, n_radial, n_tof)``."""
-    n_views = stage.shape[2]
-    n_radial = stage.shape[3]
-    n_tof = stage.shape[4]
-    for p in prange(plane_rings.shape[0]):
-        ra = plane_rings[p, 0]
-        rb = plane_rings[p, 1]
-        za = (z_lo[ra], z_hi[ra])
-        wa = (1.0 - z_w[ra], z_w[ra])
-        zb = (z_lo[rb], z_hi[rb])
-        wb = (1.0 - z_w[rb], z_w[rb])
-        dz = ring_z[ra] - ring_z[rb]
-        dz2 = dz * dz
-        s00 = stage[za[0], zb[0]]
-        s01 = stage[za[0], zb[1]]
-        s10 = stage[za[1], zb[0]]
-        s11 = stage[za[1], zb[1]]
-        w00 = wa[0] * wb[0]
-        w01 = wa[0] * wb[1]
-        w10 = wa[1] * wb[0]
-        w11 = wa[1] * wb[1]
-        for v in range(n_views):
-            for r in range(n_radial):
-                g = inv_geom_xy[v, r] * (dxy2[v, r] + dz2)
-                for t in range(n_tof):
-                    val = (w00 * s00[v, r, t] + w01 * s01[v, r, t]) + (w10 * s10[v, r, t] + w11 * s11[v, r, t])
-                    out[p, v, r, t] = val * g

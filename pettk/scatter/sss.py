@@ -394,7 +394,7 @@ def single_scatter(projector: Projector, activity, mu, *, window: EnergyWindow |
     inv_geom, dxy2, plane_rings, ring_z = axial_geometry(layout, normals, crystal_pairs)
     out_dtype = np.float32 if act_dtype == np.float32 else np.float64
     out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial), dtype=out_dtype)
-    _kernels.axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)
+    _kernels.axial_stage(stage[..., None], plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out[..., None])
     out = out.reshape(layout.shape)
     np.maximum(out, 0.0, out=out)  # rounding in the normal contraction leaves values like -1e-28
     if isinstance(like, torch.Tensor):

@@ -52,7 +52,7 @@ from .._validation import as_positive_float
 from ..backends._threads import keep_torch_threads
 from ..geometry import ImageGrid, TOFParams
 from ..projector import Projector
-from . import _tof_kernels
+from . import _kernels, _tof_kernels
 from .energy import EnergyWindow
 from .lines import sample_linear, segment_integrals
 from .sss import _crystal_normals, _luts, _needed_pairs, axial_geometry, coarse_setup
@@ -187,7 +187,7 @@ def single_scatter_tof(projector: Projector, activity, mu, *, tof: TOFParams | N
     inv_geom, dxy2, plane_rings, ring_z = axial_geometry(layout, normals, crystal_pairs)
     out = np.empty((plane_rings.shape[0], layout.n_views, layout.n_radial, n_tof),
                    dtype=np.float32 if single else np.float64)
-    _tof_kernels.axial_stage_tof(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)
+    _kernels.axial_stage(stage, plane_rings, z_lo, z_hi, z_w, inv_geom, dxy2, ring_z, out)
     out = out.reshape(tuple(layout.shape) + (n_tof,))
     np.maximum(out, 0.0, out=out)
     if isinstance(like, torch.Tensor):
