@@ -164,7 +164,7 @@ def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
 def _learned_model(args: argparse.Namespace):
     """``pettk recon --method``: the model named by ``--model`` (a shipped name or a checkpoint file;
     default the method's shipped model), loaded before any reconstruction work."""
-    from .. import models
+    from ..evaluation import load_method_model
     from ..evaluation.methods import DEFAULT_MODELS
 
     name = args.model or DEFAULT_MODELS.get(args.method)
@@ -174,11 +174,7 @@ def _learned_model(args: argparse.Namespace):
         raise SystemExit(f"pettk recon: --drf is for the sinogram restorers (red, dream), not {args.method}")
     if args.mr is not None and args.method not in ("ddip", "pet-dds"):
         raise SystemExit(f"pettk recon: --mr is for ddip and pet-dds, not {args.method}")
-    if name in models.REGISTRY:
-        if models.REGISTRY[name] != args.method:
-            raise SystemExit(f"pettk recon: model {name!r} is a {models.REGISTRY[name]} model, not {args.method}")
-        return models.load(name)
-    return models.load_checkpoint_for(args.method, name)
+    return load_method_model(args.method, name)
 
 
 def _check_dicom_folder(args: argparse.Namespace) -> None:

@@ -113,6 +113,8 @@ def load_method_model(method: str, source=None, device="cpu"):
         raise ValueError(f"{method} has no shipped model yet; give its image diffusion model with --checkpoint "
                          f"{method}=PATH (a `pettk train diffusion` model.safetensors)")
     source = source or DEFAULT_MODELS[method]
+    if isinstance(source, str) and source in models.REGISTRY and models.REGISTRY[source] != method:
+        raise ValueError(f"model {source!r} is a {models.REGISTRY[source]} model, not {method}")
     if isinstance(source, str) and source in models.available():
         return models.load(source, device=device)
     return models.load_checkpoint_for(method, source, device=device)

@@ -17,6 +17,7 @@ differences (256 planes of 224 views × 129 bins), DRF 20.
 from __future__ import annotations
 
 import dataclasses
+import json
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,12 +33,12 @@ from ..metrics import axial_gradient_error, lesion_rois, nrmse, psnr, ssim
 from ..physics import ForwardModel
 from ..projector import Projector
 from ..sim import simulate_scan
-from ..sim.datasets import lesion_ids
 from ..sim.anatomy import PARENCHYMA, brain_phantom_v2
+from ..sim.datasets import lesion_ids
 from .data import HELD_OUT_SEED, VALIDATION_SEED
 from .methods import Case, ClassicalSettings, make_runner
 from .report import lesion_measurement, summarise, write_lesions_csv, write_rows_csv, write_summary
-from .tuning import TUNABLE, tune_on_cases
+from .tuning import TUNABLE, TUNE_GRID, tune_on_cases
 
 __all__ = ["VolumeData", "section_geometry", "simulate_volume", "volume_metrics", "evaluate_volumes"]
 
@@ -159,10 +160,6 @@ def evaluate_volumes(out_dir, methods=("osem", "bsrem-rdp"), data: VolumeData | 
     :func:`pettk.evaluation.load_method_model`). ``tune_grid`` overrides
     :data:`~pettk.evaluation.tuning.TUNE_GRID` (smaller grids for a quick run).
     """
-    import json
-
-    from .tuning import TUNE_GRID
-
     data = (data or VolumeData()).validate()
     models = dict(models or {})
     learned = [m for m in methods if m not in ("osem", "bsrem-rdp", "mlem")]

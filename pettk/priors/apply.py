@@ -18,7 +18,7 @@ pet-dds                                          the axial slices inside the 3D 
 
 from __future__ import annotations
 
-from .._validation import as_nonnegative_float, as_positive_int
+from .._validation import as_positive_float, as_positive_int
 from ..geometry import SinogramLayout
 from ..physics import ForwardModel
 from .base import ImagePrior, SinogramRestorer
@@ -67,9 +67,7 @@ def reconstruct_learned(method: str, prior, forward_model: ForwardModel, y, *, d
 
         if not isinstance(prior, SinogramRestorer):
             raise TypeError(f"method {method!r} needs a sinogram restorer, got {type(prior).__name__}")
-        drf = float(prior.drf) if drf is None else float(as_nonnegative_float("drf", drf))
-        if not drf > 0:
-            raise ValueError(f"drf must be > 0, got {drf}")
+        drf = float(prior.drf) if drf is None else as_positive_float("drf", drf)
         additive = None if forward_model.additive is None else forward_model.additive * drf
         full = forward_model.with_background(additive, scale=drf)
         return reconstruct_restored(prior, full, y, drf, iterations=as_positive_int("iterations", iterations),

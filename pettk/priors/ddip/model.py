@@ -15,6 +15,7 @@ from ...diffusion.nets.layers import AttentionBlock, ResBlock
 from ...diffusion.nets.lora import LoRALayer, inject_lora, mark_only_lora_and_bias_trainable, reset_lora
 from ...diffusion.posterior import penalised_em_step
 from ...diffusion.samplers import ddim_step, model_predictions
+from ...likelihood import poisson_deviance
 from ...physics import ForwardModel
 from ...recon import mlem
 from ...recon._common import SENSITIVITY_FLOOR
@@ -287,8 +288,10 @@ class DDIP(ImagePrior):
             guided, _ = predict(x, grid[0], cond)
             guidance = 0.0
             free, _ = predict(x, grid[0], cond)
-            guidance = cfg.mr_guidance if _deviance(model, y_t, to_image(guided.clamp(0.0, 1.0))) <= \
-                _deviance(model, y_t, to_image(free.clamp(0.0, 1.0))) else 0.0
+            with torch.no_grad():
+                fits = [float(poisson_deviance(y_t, model.forward(to_image(x0.clamp(0.0, 1.0)))))
+                        for x0 in (guided, free)]
+            guidance = cfg.mr_guidance if fits[0] <= fits[1] else 0.0
         info["mr_guidance"] = guidance if cond is not None else None
 
         try:
@@ -351,13 +354,6 @@ class DDIP(ImagePrior):
         model = cls(config, net.to(device))
         model.history = meta.get("history", {})
         return model
-
-
-@torch.no_grad()
-def _deviance(model: ForwardModel, y: torch.Tensor, x: torch.Tensor) -> float:
-    """Poisson deviance of the counts ``y`` under the image ``x`` (smaller: a better fit)."""
-    ybar = model.forward(x).clamp_min(max(1e-3 * float(y.mean()), 1e-8))
-    return float((ybar - y - torch.xlogy(y, ybar) + torch.xlogy(y, y)).sum())
 
 
 def _lora_dropout(net: nn.Module, active: bool) -> None:
