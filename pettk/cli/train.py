@@ -167,12 +167,29 @@ class _chunk_of_training:
         return False
 
 
+def _initial_model(name_or_path):
+    """``--init-from``: a shipped model's name or a weights file; None when not given."""
+    if name_or_path is None:
+        return None
+    from .. import models
+
+    if name_or_path in models.REGISTRY:
+        return models.path_of(name_or_path)
+    path = Path(name_or_path)
+    if not path.is_file():
+        raise SystemExit(f"pettk train: --init-from {name_or_path} is neither a shipped model "
+                         f"({', '.join(sorted(models.REGISTRY))}) nor a file")
+    return path
+
+
 def _train(args: argparse.Namespace) -> int:
 
     from ..diffusion import image_model
 
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
         raise SystemExit(f"pettk train: --max-minutes takes a positive number of minutes, got {args.max_minutes}")
+    if args.init_from is not None and args.kind != "diffusion":
+        raise SystemExit(f"pettk train {args.kind}: --init-from is for `pettk train diffusion`")
     if args.kind == "red":
         return _train_red(args)
     if args.kind in PRIOR_TRAINERS:
@@ -190,12 +207,18 @@ def _train(args: argparse.Namespace) -> int:
         config["data"]["root"] = args.data
     if args.steps:
         config["train"]["steps"] = args.steps
+    init_from = _initial_model(args.init_from)
     device = _train_device(args)
     start = time.perf_counter()
     with _chunk_of_training(args) as chunk:
-        _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
-                                                          resume=args.resume, device=device,
-                                                          time_limit_s=chunk.time_limit_s)
+        try:
+            _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
+                                                              resume=args.resume, device=device,
+                                                              time_limit_s=chunk.time_limit_s, init_from=init_from)
+        except ValueError as err:
+            if init_from is None:
+                raise
+            raise SystemExit(f"pettk train diffusion: --init-from: {err}") from None
     steps = config["train"]["steps"]
     print(f"pettk train {args.kind}: step {trainer.step} of {steps} on {device} in "
           f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'model.safetensors'}"

@@ -13,7 +13,9 @@ A configuration is a plain JSON-compatible dict (see :data:`TINY` and :data:`FUL
 
 ``cond_field`` (e.g. ``"mr"``) makes the model conditional by channel concatenation; ``augment``
 (``null``, ``"default"`` or a dict of :class:`~pettk.sim.augment.Augmentation` fields) turns on
-image-domain augmentation of the training slices.
+image-domain augmentation of the training slices; ``crop`` (pixels, or ``null``) trains on random
+square windows of the slices (:func:`~pettk.diffusion.train.random_crops`), the model is still
+applied to whole slices.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import torch
 from ..io.checkpoint import load_checkpoint, save_checkpoint
 from .nets import UNet
 from .schedules import NoiseSchedule
-from .train import TrainConfig, Trainer, diffusion_loss
+from .train import TrainConfig, Trainer, diffusion_loss, random_crops
 
 __all__ = ["TINY", "FULL", "merge_config", "build_schedule", "train_image_diffusion", "load_image_diffusion",
            "FieldDataset"]
@@ -43,7 +45,7 @@ TINY = {
     "schedule": {"kind": "cosine", "T": 200},
     "prediction": "x0",
     "data": {"root": None, "field": "truth", "split": "train", "drf": None, "normalisation": "ddip",
-             "cond_field": None, "augment": None},
+             "cond_field": None, "augment": None, "crop": None},
     "train": {"steps": 400, "batch_size": 16, "lr": 2e-3, "ema_decay": 0.99, "lr_schedule": "cosine",
               "warmup_steps": 20, "grad_clip": 1.0, "seed": 0, "checkpoint_every": 200},
 }
@@ -55,7 +57,7 @@ FULL = {
     "schedule": {"kind": "linear", "T": 1000},
     "prediction": "eps",
     "data": {"root": None, "field": "truth", "split": "train", "drf": None, "normalisation": "ddip",
-             "cond_field": None, "augment": None},
+             "cond_field": None, "augment": None, "crop": None},
     "train": {"steps": 200000, "batch_size": 32, "lr": 1e-4, "ema_decay": 0.9999, "lr_schedule": "constant",
               "warmup_steps": 1000, "grad_clip": 1.0, "seed": 0, "checkpoint_every": 5000},
 }
@@ -114,14 +116,19 @@ def _unet_from(config: dict) -> UNet:
 
 
 def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool = True, resume: bool = False,
-                          device=None, time_limit_s: float | None = None) -> tuple[UNet, NoiseSchedule, Trainer]:
+                          device=None, time_limit_s: float | None = None,
+                          init_from=None) -> tuple[UNet, NoiseSchedule, Trainer]:
     """Train per ``config`` (merged onto :data:`TINY` defaults by the caller); returns the EMA model,
     the schedule and the trainer. ``out_dir=None`` keeps everything in memory.
 
     ``time_limit_s`` ends this call early (a chunk of a long run: the checkpoint and the EMA weights
     so far are written, the metadata records the step; ``resume=True`` continues).
     ``dataset`` overrides ``config["data"]`` with any map-style dataset of ``{"x": (1, H, W)}``
-    items (and ``"cond"`` if conditional). Writes ``out_dir/checkpoint.safetensors`` (trainer
+    items (and ``"cond"`` if conditional). ``init_from`` (a ``model.safetensors`` of this function
+    or a PET-DDS model, e.g. a shipped one, with the same U-Net settings) starts the weights and
+    their average from a trained model instead of random ones: a new run that continues an
+    earlier one's training (fresh optimiser and learning-rate schedule; ``resume`` continues an
+    interrupted run exactly and takes precedence over it). Writes ``out_dir/checkpoint.safetensors`` (trainer
     state, resumable) and ``out_dir/model.safetensors`` (EMA weights + configuration).
     """
     from ..sim.datasets import SliceDataset
@@ -139,11 +146,15 @@ def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool
     with torch.random.fork_rng(devices=[]):  # reproducible initial weights, global RNG untouched
         torch.manual_seed(int(config["train"].get("seed", 0)))
         model = _unet_from(config)
+    if init_from is not None:
+        model.load_state_dict(_initial_weights(init_from, config))
     if device is not None:
         model = model.to(device)
     schedule = build_schedule(config["schedule"])
     loss = diffusion_loss(schedule.to(next(model.parameters()).device), key="x", prediction=config["prediction"],
                           cond_key="cond" if data.get("cond_field") else None)
+    if data.get("crop") is not None:
+        loss = random_crops(loss, data["crop"])
     train_cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in config["train"].items()})
     trainer = Trainer(model, loss, dataset, train_cfg, out_dir=out_dir, model_config=config, progress=progress)
     trainer.fit(resume=resume, time_limit_s=time_limit_s)
@@ -153,6 +164,23 @@ def train_image_diffusion(config: dict, out_dir, *, dataset=None, progress: bool
                         {"kind": "image-diffusion", "config": config, "train": asdict(train_cfg), "step": trainer.step,
                          "train_seconds": trainer.seconds})
     return averaged, schedule, trainer
+
+
+def _initial_weights(path, config: dict) -> dict:
+    """The U-Net weights of ``path`` (an image-diffusion or PET-DDS checkpoint) for ``config``'s network."""
+    state, meta = load_checkpoint(path)
+    if meta.get("kind") == "image-diffusion":
+        trained = meta["config"]
+    elif meta.get("method") == "PET-DDS":
+        trained = meta["diffusion_config"]
+    else:
+        raise ValueError(f"init_from {path} is neither an image-diffusion model nor a PET-DDS model "
+                         f"(kind={meta.get('kind')!r}, method={meta.get('method')!r})")
+    if trained["unet"] != config["unet"] or bool(trained["data"].get("cond_field")) != bool(
+            config["data"].get("cond_field")):
+        raise ValueError(f"init_from {path} holds another network: its unet settings are {trained['unet']}, "
+                         f"this configuration's {config['unet']}")
+    return state
 
 
 def _augmentation(spec):
