@@ -39,6 +39,12 @@ class PETDDSConfig(PriorConfig):
     beta : float >= 0
         Dimensionless anchor weight (module docstring).
     beta_schedule : {"constant", "snr"}
+    axial_beta : float >= 0
+        Dimensionless weight of the axial coupling of 3D reconstructions (scaled like ``beta``):
+        a quadratic penalty on the differences between neighbouring axial slices inside every
+        data-consistency step (:mod:`pettk.diffusion.axial`, DiffusionMBIR's z-prior in PET form).
+        0 (default): no coupling, the slices meet only through the 3D data. Not scheduled (the
+        same at every diffusion step); ignored for 2D forward models.
     eta : float in [0, 1]
         DDS/DDIM stochasticity (``eta_form="ddip"``: fresh-noise fraction of the re-noising).
     guidance : float >= 0
@@ -75,6 +81,7 @@ class PETDDSConfig(PriorConfig):
     subsets: int = checked(1, _count(1))
     beta: float = checked(0.01, _number())
     beta_schedule: str = checked("constant", Choice(BETA_SCHEDULES))
+    axial_beta: float = checked(0.0, _number())
     eta: float = checked(0.85, _number(0.0, 1.0))
     guidance: float = checked(1.0, _number())
     clip_max: float | None = checked(2.0, _number(min_open=True, optional=True))

@@ -10,9 +10,10 @@ import numpy as np
 import torch
 
 from ..._validation import as_nonnegative_int, as_positive_int
+from ...diffusion.axial import axial_penalised_em_step
 from ...diffusion.guidance import CFGModel, null_like
 from ...diffusion.image_model import _unet_from, build_schedule, load_image_diffusion
-from ...diffusion.posterior import dds_sample, penalised_em_step
+from ...diffusion.posterior import dds_sample
 from ...diffusion.samplers import randn
 from ...diffusion.schedules import NoiseSchedule
 from ...io.checkpoint import load_checkpoint, save_checkpoint
@@ -54,7 +55,7 @@ class PETDDS(ImagePrior):
     last_info : dict
         Of the last :meth:`reconstruct`: ``init`` (the initial OSEM image), ``scale`` (activity of
         a unit normalised value), ``scale_mode``, ``level`` (the init's :func:`activity_level`),
-        ``beta_abs`` and ``seeds``.
+        ``beta_abs``, ``axial_beta_abs`` (0 unless a 3D model and ``axial_beta > 0``) and ``seeds``.
     """
 
     def __init__(self, net, schedule: NoiseSchedule, diffusion_config: dict, config: PETDDSConfig | None = None,
@@ -257,7 +258,8 @@ class PETDDS(ImagePrior):
         forward_model : ForwardModel
             ``ybar = mult * P(psf(x)) + additive`` of the measured counts (all of it is used by the
             EM steps); 2D (``shape_in = (nx, ny)``, the model's image size) or 3D
-            (``(nx, ny, nz)``: axial slices through the 2D prior, data consistency on the volume).
+            (``(nx, ny, nz)``: axial slices through the 2D prior, data consistency on the volume,
+            with the axial coupling of ``config.axial_beta`` when it is > 0 and ``nz >= 2``).
         y : array or tensor ``forward_model.shape_out``
             Measured counts (>= 0, finite, not all zero).
         mr : array or tensor ``forward_model.shape_in``, optional
@@ -327,6 +329,10 @@ class PETDDS(ImagePrior):
         sens = model.sensitivity(torch.float32, device)
         fov = sens > SENSITIVITY_FLOOR * float(sens.max())
         beta_abs = float(cfg.beta) * float(sens[fov].mean()) / scale if bool(fov.any()) else 0.0
+        # the axial coupling (3D only), dimensionless like beta: gamma_abs = axial_beta * mean_FOV(s) / scale
+        axial_abs = 0.0
+        if three_d and n_z >= 2 and cfg.axial_beta > 0 and bool(fov.any()):
+            axial_abs = float(cfg.axial_beta) * float(sens[fov].mean()) / scale
         if cfg.subsets > 1:
             subs = model.subsets(cfg.subsets)
             parts = [(m, m.projector.select(y_t), m.sensitivity(torch.float32, device)) for m in subs]
@@ -346,9 +352,11 @@ class PETDDS(ImagePrior):
             anchor = to_volume(x0).clamp_min(0.0)
             a = anchor.clamp_min(1e-6 * float(anchor.max()) + 1e-12)   # EM is multiplicative: every voxel can grow
             b = beta_at(int(t)) / n_parts
+            g = axial_abs / n_parts
             for _ in range(cfg.em_iterations):
                 for sub, y_sub, s_sub in parts:
-                    a = penalised_em_step(sub, y_sub, a, anchor, b, sens=s_sub)
+                    # g = 0 (2D, or axial_beta = 0) is penalised_em_step itself, bit for bit
+                    a = axial_penalised_em_step(sub, y_sub, a, anchor, b, g, sens=s_sub)
             last["x0_hat"], last["x0_dc"] = anchor, a
             return to_batch(a)
 
@@ -375,5 +383,5 @@ class PETDDS(ImagePrior):
             total = image if total is None else total + image
         result = (total / samples).detach().to(torch.float32)
         self.last_info = {"init": init_t, "scale": scale, "scale_mode": cfg.scale_mode, "level": level,
-                          "beta_abs": beta_abs, "seeds": list(range(seed, seed + samples))}
+                          "beta_abs": beta_abs, "axial_beta_abs": axial_abs, "seeds": list(range(seed, seed + samples))}
         return result.cpu().numpy() if is_numpy else result
