@@ -1,6 +1,5 @@
 """pettk.evaluation and pettk.models: held-out data, method runners, summary tables, registry."""
 
-import dataclasses
 import math
 
 import numpy as np
@@ -189,21 +188,6 @@ def test_bsrem_rdp_baseline_is_the_converged_map_image():
     ref = minimize(negative_objective, start, jac=True, method="L-BFGS-B", bounds=[(0, None)] * start.size,
                    options=dict(maxiter=20000, ftol=1e-16, gtol=1e-13)).x
     assert np.linalg.norm(start - ref) / np.linalg.norm(ref) < 1e-2
-
-
-def test_svrg_map_solver_reaches_the_converged_bsrem_image():
-    from pettk.evaluation.methods import converged_bsrem
-
-    case = _tiny_case()
-    settings = ClassicalSettings(bsrem_beta=0.3, rdp_gamma=2.0)
-    bsrem_history, svrg_history = [], []
-    x_bsrem = converged_bsrem(case, settings, history=bsrem_history).double()
-    x_svrg = converged_bsrem(case, dataclasses.replace(settings, map_solver="svrg", svrg_subsets=4),
-                             history=svrg_history).double()
-    assert float((x_svrg - x_bsrem).norm() / x_bsrem.norm()) < 5e-3
-    assert svrg_history[-1][0] <= bsrem_history[-1][0]          # no more epochs than BSREM
-    with pytest.raises(ValueError, match="map_solver must be one of bsrem, svrg"):
-        ClassicalSettings(map_solver="lbfgs").validate()
 
 
 def test_tuning_grid_extends_past_a_winning_end():

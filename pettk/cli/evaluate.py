@@ -63,7 +63,7 @@ def _evaluate(args: argparse.Namespace) -> int:
     if args.tune_extend is not None:
         grid["extend"] = args.tune_extend
     options = dict(tune=args.tune, tune_slices=args.tune_slices, tune_grid=grid or None,
-                   bsrem_max_epochs=args.bsrem_max_epochs, map_solver=args.map_solver)
+                   bsrem_max_epochs=args.bsrem_max_epochs)
     if args.three_d:
         return _evaluate_3d(args, checkpoints, grid)
     run = dict(checkpoints=checkpoints, device=args.device, progress=not args.no_progress, prog="pettk evaluate")
@@ -99,8 +99,7 @@ def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, grid: dict) -> int
         models = {m: load_method_model(m, checkpoints.get(m), device=args.device)
                   for m in args.methods if m not in ("osem", "bsrem-rdp", "mlem")}
         evaluate_volumes(args.output, tuple(args.methods), data, models=models, tune=args.tune is not False,
-                         tune_grid=grid or None, bsrem_max_epochs=args.bsrem_max_epochs,
-                         map_solver=args.map_solver, device=args.device,
+                         tune_grid=grid or None, bsrem_max_epochs=args.bsrem_max_epochs, device=args.device,
                          progress=not args.no_progress)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"pettk evaluate: {err}") from None

@@ -64,9 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
                     help="extend the beta/gamma grids past a winning end up to K times (default 3; 0: as given)")
     ev.add_argument("--bsrem-max-epochs", type=_positive_int, metavar="N",
                     help="cap BSREM-RDP's epochs (default 1000; it stops earlier when converged)")
-    ev.add_argument("--map-solver", choices=("bsrem", "svrg"),
-                    help="how BSREM-RDP's converged RDP-MAP image is computed (default bsrem; svrg reaches the "
-                         "same optimum several times faster)")
     ev.add_argument("--3d", dest="three_d", action="store_true",
                     help="fully 3D: v2 heads on a ring section of the mmr-like scanner, 3D OSEM/BSREM tuned on "
                          "validation volumes, metrics over the brain with the axial gradient error")

@@ -213,8 +213,7 @@ def _cr_text(has_maps: bool, counts: Counter) -> str:
 def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoints: dict | None = None,
              settings: ClassicalSettings | dict | None = None, device="cpu", data_dir=None, drfs=None,
              subjects: int | None = None, slices: int | None = None, tune: bool | None = None, tune_slices: int = 8,
-             tune_grid: dict | None = None, bsrem_max_epochs: int | None = None, map_solver: str | None = None,
-             cache_dir=None,
+             tune_grid: dict | None = None, bsrem_max_epochs: int | None = None, cache_dir=None,
              write_nifti: bool = True, progress: bool = True, title: str | None = None) -> list[dict]:
     """Run ``methods`` on held-out data and write tables, figures and images to ``out_dir``.
 
@@ -253,9 +252,6 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         ``rdp_gamma``, ``extend``).
     bsrem_max_epochs : int, optional
         Caps BSREM-RDP's epochs (``ClassicalSettings.bsrem_iterations``), in tuning and evaluation.
-    map_solver : {"bsrem", "svrg"}, optional
-        How BSREM-RDP's converged MAP image is computed (``ClassicalSettings.map_solver``), in
-        tuning and evaluation; default the settings' (BSREM).
     cache_dir : path, optional
         For simulated data: where to keep the simulated test (``test/``) and validation
         (``validation/``) subjects, reused when they hold the same configuration; default a
@@ -322,8 +318,6 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         per_drf = {d: settings.get(d, ClassicalSettings()) for d in drfs}
     if bsrem_max_epochs is not None:
         per_drf = {d: dataclasses.replace(s, bsrem_iterations=bsrem_max_epochs) for d, s in per_drf.items()}
-    if map_solver is not None:
-        per_drf = {d: dataclasses.replace(s, map_solver=map_solver) for d, s in per_drf.items()}
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
     models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}

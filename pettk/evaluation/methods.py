@@ -35,7 +35,7 @@ from ..geometry import ImageGrid
 from ..physics import ForwardModel
 from ..priors.apply import reconstruct_learned
 from ..priors.volume import reconstruct_restored
-from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp, svrg_map_iterates
+from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp
 
 __all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "make_runner",
            "converged_bsrem"]
@@ -81,10 +81,6 @@ class Case:
         return self.model.with_background(additive, scale=1.0 / self.drf)
 
 
-#: How :func:`converged_bsrem` solves the RDP-MAP problem (``ClassicalSettings.map_solver``).
-MAP_SOLVERS = ("bsrem", "svrg")
-
-
 @dataclass(frozen=True)
 class ClassicalSettings:
     """Settings of the classical methods (and of the EM after the sinogram restorers).
@@ -101,12 +97,6 @@ class ClassicalSettings:
     same validation subjects, for the shipped DRF-20 models (grid 1–14 iterations × 0–6 mm:
     RED 2 iterations / no filter, 22.21 dB; DREAM 10 iterations / no filter, 23.82 dB; the raw
     data's best OSEM there: 2 iterations / 5 mm, 22.15 dB).
-
-    ``map_solver`` is how the converged RDP-MAP image of "BSREM-RDP" is computed: ``"bsrem"``
-    (``bsrem_subsets`` subsets) or ``"svrg"`` (:func:`~pettk.recon.svrg_map_iterates`,
-    ``svrg_subsets`` subsets), the same optimum in fewer epochs: on a 128² mmr-like slice at DRF
-    20 (beta 1, gamma 2) 30 SVRG epochs (2.2 s) land within 0.12 % (relative L2) of BSREM's
-    converged image after 390 epochs (19 s).
     """
 
     osem_iterations: int = 2
@@ -116,8 +106,6 @@ class ClassicalSettings:
     bsrem_iterations: int = 1000
     bsrem_subsets: int = 4
     bsrem_tolerance: float = 1e-7
-    map_solver: str = "bsrem"
-    svrg_subsets: int = 16
     rdp_gamma: float = 2.0
     mlem_iterations: int = 20
     red_osem_iterations: int = 2
@@ -126,10 +114,8 @@ class ClassicalSettings:
     dream_post_filter_mm: float = 0.0
 
     def validate(self) -> ClassicalSettings:
-        if self.map_solver not in MAP_SOLVERS:
-            raise ValueError(f"map_solver must be one of {', '.join(MAP_SOLVERS)}, got {self.map_solver!r}")
-        for name in ("osem_iterations", "osem_subsets", "bsrem_iterations", "bsrem_subsets", "svrg_subsets",
-                     "mlem_iterations", "red_osem_iterations", "dream_osem_iterations"):
+        for name in ("osem_iterations", "osem_subsets", "bsrem_iterations", "bsrem_subsets", "mlem_iterations",
+                     "red_osem_iterations", "dream_osem_iterations"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
@@ -179,8 +165,7 @@ def converged_bsrem(case: Case, s: ClassicalSettings, *, history: list | None = 
     """The MAP image of RDP with ``(s.bsrem_beta, s.rdp_gamma)`` for one case.
 
     BSREM (:func:`pettk.recon.bsrem_iterates`, ``s.bsrem_subsets`` subsets, default step
-    schedule; or SVRG, :func:`pettk.recon.svrg_map_iterates` with ``s.svrg_subsets``, when
-    ``s.map_solver == "svrg"``) starts from the OSEM image of the case (``s.osem_iterations`` × ``s.osem_subsets``,
+    schedule) starts from the OSEM image of the case (``s.osem_iterations`` × ``s.osem_subsets``,
     no filter) and runs until the MAP objective ``Phi`` stops changing: it is evaluated every
     :data:`CHECK_EVERY` epochs and the run stops when its change over those epochs,
     ``|Phi_k - Phi_{k-10}|``, falls below ``s.bsrem_tolerance`` times the measured counts
@@ -195,13 +180,8 @@ def converged_bsrem(case: Case, s: ClassicalSettings, *, history: list | None = 
     x = x0
     y64 = case.y_low.double()
     counts = float(y64.sum())
-    if s.map_solver == "svrg":
-        states = svrg_map_iterates(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.svrg_subsets,
-                                   x0=x0)
-    else:
-        states = bsrem_iterates(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.bsrem_subsets,
-                                x0=x0)
-    for state in states:
+    for state in bsrem_iterates(model_low, case.y_low, prior, s.bsrem_beta, s.bsrem_iterations, s.bsrem_subsets,
+                                x0=x0):
         x = state.x
         if state.iteration % CHECK_EVERY:
             continue

@@ -152,14 +152,13 @@ def volume_metrics(image, case: Case) -> tuple[dict, list[dict]]:
 
 def evaluate_volumes(out_dir, methods=("osem", "bsrem-rdp"), data: VolumeData | None = None, *, models=None,
                      tune: bool = True, tune_grid: dict | None = None, bsrem_max_epochs: int | None = None,
-                     map_solver: str | None = None, device="cpu", progress: bool = True) -> list[dict]:
+                     device="cpu", progress: bool = True) -> list[dict]:
     """Run ``methods`` on 3D held-out volumes; write ``metrics.md``/``.csv``, ``volumes.csv``,
     ``lesions.csv`` and ``tuning.json`` to ``out_dir``; return the summary rows.
 
     ``models`` maps each learned method to its loaded model (e.g. from
     :func:`pettk.evaluation.load_method_model`). ``tune_grid`` overrides
-    :data:`~pettk.evaluation.tuning.TUNE_GRID` (smaller grids for a quick run); ``map_solver``
-    (``"bsrem"`` or ``"svrg"``) how the converged RDP-MAP image is computed.
+    :data:`~pettk.evaluation.tuning.TUNE_GRID` (smaller grids for a quick run).
     """
     data = (data or VolumeData()).validate()
     models = dict(models or {})
@@ -171,8 +170,6 @@ def evaluate_volumes(out_dir, methods=("osem", "bsrem-rdp"), data: VolumeData | 
     settings = ClassicalSettings()
     if bsrem_max_epochs is not None:
         settings = dataclasses.replace(settings, bsrem_iterations=as_positive_int("bsrem_max_epochs", bsrem_max_epochs))
-    if map_solver is not None:
-        settings = dataclasses.replace(settings, map_solver=map_solver).validate()
     layout, grid = section_geometry(data)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
