@@ -34,7 +34,7 @@ HELD_OUT = (20, 21, 22)
 AXIAL_BETA = 0.3
 
 
-def _phantom(seed: int) -> np.ndarray:
+def phantom(seed: int) -> np.ndarray:
     """A head-like cylinder with four random hot/cold ellipsoids (as in tests/test_priors_3d.py)."""
     rng = np.random.default_rng(seed)
     rows = [(1.0, 0.8 + 0.1 * rng.random(), 0.7 + 0.1 * rng.random(), 3.0, 0, 0, 0, 30 * rng.random())]
@@ -46,16 +46,16 @@ def _phantom(seed: int) -> np.ndarray:
     return np.clip(ellipsoid_phantom_3d(TINY.grid, rows, 36.0), 0, None).astype(np.float32)
 
 
-def _scan(seed: int):
+def scan(seed: int):
     """Truth, low-dose counts (float32) and the low-dose model of a held-out volume."""
     model = ForwardModel(Projector(TINY.grid, TINY.layout), psf=3.0)
-    truth = _phantom(seed)
-    scan = simulate_scan(truth, model, 3e5, randoms_fraction=0.1, scatter_fraction=0.1, seed=seed)
-    y_low, model_low = scan.low_dose(DRF, seed=seed + 100)
+    truth = phantom(seed)
+    acquired = simulate_scan(truth, model, 3e5, randoms_fraction=0.1, scatter_fraction=0.1, seed=seed)
+    y_low, model_low = acquired.low_dose(DRF, seed=seed + 100)
     return truth, y_low.to(torch.float32), model_low.to(dtype=torch.float32)
 
 
-def _scores(x, truth):
+def scores(x, truth):
     x = np.asarray(torch.as_tensor(x), dtype=np.float64)
     return psnr(x, truth, data_range=float(truth.max())), axial_gradient_error(x, truth, truth > 0)
 
@@ -66,7 +66,7 @@ def _scores(x, truth):
 def _small_problem():
     g = torch.Generator().manual_seed(4)
     model = ForwardModel(Projector(TINY.grid, TINY.layout), psf=3.0).to(dtype=torch.float64)
-    truth = torch.from_numpy(_phantom(3)).double()
+    truth = torch.from_numpy(phantom(3)).double()
     model = model.with_background(torch.full(model.shape_out, 0.05, dtype=torch.float64), scale=0.5)
     y = torch.poisson(model.forward(truth), generator=g)
     anchor = truth * (0.7 + 0.6 * torch.rand(truth.shape, generator=g, dtype=torch.float64))  # slice-wise noise
@@ -145,10 +145,10 @@ def test_axial_step_rejects_bad_input():
 # ---------------------------------------------------------------------------------------------
 # A tiny image model, PET-DDS and DDIP on 3D data
 # ---------------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def image_model():
-    """The tiny x0-model (8 base channels, 300 steps) on 96 normalised axial slices; ~25 s on 1 core."""
-    volumes = torch.from_numpy(np.stack([_phantom(1000 + s) for s in range(12)]))          # (12, 32, 32, 8)
+def train_image_model():
+    """The tiny x0-model (8 base channels, 300 steps) on 96 normalised axial slices of twelve
+    training heads (seeds 1000-1011); ~25 s on 1 core. Returns ``(net, schedule, config, slices)``."""
+    volumes = torch.from_numpy(np.stack([phantom(1000 + s) for s in range(12)]))          # (12, 32, 32, 8)
     slices = volumes.permute(0, 3, 1, 2).reshape(-1, 32, 32)
     slices = slices / slices.max()
     config = merge_config(IMAGE_TINY, {"unet": {"base_channels": 8},
@@ -160,6 +160,22 @@ def image_model():
     return net, schedule, config, slices
 
 
+def ddip_with(net, reference_mean: float) -> DDIP:
+    """DDIP with the same pretrained network: its mean-in-head normalisation set to the level at
+    which PET-DDS shows slices to the network (``reference_mean``), MLEM-5 start, SDEdit from t=40
+    of the cosine T=200 (about DDIP's noise level at t=100 of its linear T=1000)."""
+    arch = UNetConfig(in_channels=1, out_channels=1, cond_channels=0, base_channels=8, channel_mults=(1, 2, 2),
+                      num_res_blocks=1, attention_levels=(), num_heads=1, dropout=0.0, image_size=(32, 32))
+    config = DDIPConfig.TINY.replace(net=arch, schedule="cosine", T=200, start_t=40, steps=20, init_iterations=5,
+                                     target_mean=float(reference_mean))
+    return DDIP(config, net)
+
+
+@pytest.fixture(scope="module")
+def image_model():
+    return train_image_model()
+
+
 @pytest.fixture(scope="module")
 def prior(image_model):
     net, schedule, config, slices = image_model
@@ -168,15 +184,7 @@ def prior(image_model):
 
 @pytest.fixture(scope="module")
 def ddip(image_model, prior):
-    """DDIP with the same pretrained network: its mean-in-head normalisation set to the level at
-    which PET-DDS shows slices to the network (reference_mean), MLEM-5 start, SDEdit from t=40
-    of the cosine T=200 (about DDIP's noise level at t=100 of its linear T=1000)."""
-    net = image_model[0]
-    arch = UNetConfig(in_channels=1, out_channels=1, cond_channels=0, base_channels=8, channel_mults=(1, 2, 2),
-                      num_res_blocks=1, attention_levels=(), num_heads=1, dropout=0.0, image_size=(32, 32))
-    config = DDIPConfig.TINY.replace(net=arch, schedule="cosine", T=200, start_t=40, steps=20, init_iterations=5,
-                                     target_mean=float(prior.config.reference_mean))
-    return DDIP(config, net)
+    return ddip_with(image_model[0], prior.config.reference_mean)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +192,7 @@ def results(prior):
     """Held-out volumes: truth, data, model, 3D OSEM 3 x 4 and PET-DDS with and without the coupling."""
     out = []
     for seed in HELD_OUT:
-        truth, y, model = _scan(seed)
+        truth, y, model = scan(seed)
         uncoupled = prior.reconstruct(model, y)
         info = dict(prior.last_info)
         coupled_prior = prior.replace(axial_beta=AXIAL_BETA)
@@ -203,7 +211,7 @@ def test_petdds_3d_beats_3d_osem_and_the_axial_coupling_lowers_the_axial_error(r
     for r in results:
         out = r["uncoupled"]
         assert tuple(out.shape) == (32, 32, 8) and bool((out >= 0).all()) and bool((r["coupled"] >= 0).all())
-        rows.append(_scores(r["osem"], r["truth"]) + _scores(out, r["truth"]) + _scores(r["coupled"], r["truth"]))
+        rows.append(scores(r["osem"], r["truth"]) + scores(out, r["truth"]) + scores(r["coupled"], r["truth"]))
     rows = np.array(rows)
     print("\n(OSEM, PET-DDS, PET-DDS + axial) PSNR / axial error per volume:\n", np.round(rows, 2))
     assert (rows[:, 2] > rows[:, 0] + 0.4).all()              # PET-DDS beats 3D OSEM on every volume
@@ -246,7 +254,7 @@ def test_ddip_3d_beats_3d_osem(ddip, results):
     for r in results:
         out = ddip.reconstruct(r["model"], r["y"])
         assert tuple(out.shape) == (32, 32, 8) and bool(torch.isfinite(out).all())
-        ours, theirs = _scores(out, r["truth"])[0], _scores(r["osem"], r["truth"])[0]
+        ours, theirs = scores(out, r["truth"])[0], scores(r["osem"], r["truth"])[0]
         assert ours > theirs + 0.5, (ours, theirs)
     assert ddip.last_info["scale"].shape == (8,)
     for k, v in ddip.net.state_dict().items():       # the shared pretrained network is left alone
