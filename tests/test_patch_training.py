@@ -86,3 +86,28 @@ def test_init_from_refuses_another_network(tmp_path):
     with pytest.raises(ValueError, match="holds another network"):
         image_model.train_image_diffusion(other, None, dataset=_blobs(), progress=False,
                                           init_from=tmp_path / "model.safetensors")
+
+
+def test_ddip_init_from_starts_at_the_trained_weights(tmp_path):
+    from pettk.priors.ddip import DDIP, DDIPConfig, phantom_training_images, train_ddip
+
+    config = DDIPConfig.TINY.replace(train_steps=3, batch_size=2, warmup_steps=1)
+    images = phantom_training_images(config, 2, 1)
+    first = train_ddip(config, images, out_dir=tmp_path / "a")
+    frozen = config.replace(train_steps=1, lr=1e-12, ema_decay=0.0)
+    second = train_ddip(frozen, images, init_from=tmp_path / "a" / "ddip.safetensors")
+    for (name, a), b in zip(first.net.state_dict().items(), second.net.state_dict().values()):
+        torch.testing.assert_close(b, a, rtol=1e-6, atol=1e-9, msg=name)
+    other = config.replace(net=config.net.replace(base_channels=8), train_steps=1)
+    with pytest.raises(ValueError, match="holds another network"):
+        train_ddip(other, images, init_from=tmp_path / "a" / "ddip.safetensors")
+    assert isinstance(DDIP.load(tmp_path / "a" / "ddip.safetensors"), DDIP)
+
+
+def test_cli_init_from_is_refused_where_it_does_not_apply(tmp_path, capsys):
+    from pettk.cli import main
+
+    with pytest.raises(SystemExit, match="--init-from is for diffusion, ddip"):
+        main(["train", "red", "-o", str(tmp_path), "--init-from", "red-drf20"])
+    with pytest.raises(SystemExit, match="neither a shipped model"):
+        main(["train", "diffusion", "-o", str(tmp_path), "--init-from", str(tmp_path / "missing.safetensors")])

@@ -113,9 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("--steps", type=_positive_int, help="override the number of steps")
     tr.add_argument("--resume", action="store_true", help="continue from the output folder's checkpoint")
     tr.add_argument("--init-from", metavar="MODEL",
-                    help="diffusion: start from a trained model's weights (a model.safetensors, a PET-DDS model "
-                         "file or a shipped model's name) instead of random ones: continue an earlier run's "
-                         "training in a new run")
+                    help="diffusion, ddip: start from a trained model's weights (a model file of the same kind, a "
+                         "PET-DDS model for diffusion, or a shipped model's name) instead of random ones: "
+                         "continue an earlier run's training in a new run")
     tr.add_argument("--max-minutes", type=float, metavar="M",
                     help="stop after M minutes, checkpoints written (a chunk of a long run; exit status 75 when "
                          "training is not finished: continue with --resume)")

@@ -123,12 +123,22 @@ def _train_prior(args: argparse.Namespace) -> int:
     device = _train_device(args)
     start = time.perf_counter()
     with _chunk_of_training(args) as chunk:
-        model = getattr(module, train_name)(config, args.data, out_dir=args.output, progress=not args.no_progress,
-                                            device=device, resume=args.resume, time_limit_s=chunk.time_limit_s)
+        extra = {} if args.init_from is None else {"init_from": _initial_model(args.init_from)}
+        try:
+            model = getattr(module, train_name)(config, args.data, out_dir=args.output,
+                                                progress=not args.no_progress, device=device, resume=args.resume,
+                                                time_limit_s=chunk.time_limit_s, **extra)
+        except ValueError as err:
+            if not extra:
+                raise
+            raise SystemExit(f"pettk train {args.kind}: --init-from: {err}") from None
         path = model.save(Path(args.output) / file_name)
         print(f"pettk train {args.kind}: on {device} in {time.perf_counter() - start:.1f} s -> {path}")
     return chunk.status
 
+
+#: ``pettk train`` kinds that can start from a trained model's weights (``--init-from``).
+INIT_FROM_KINDS = ("diffusion", "ddip")
 
 #: Exit status of ``pettk train`` when a ``--max-minutes`` chunk ended before training finished
 #: (sysexits' EX_TEMPFAIL: run the same command with ``--resume`` to continue).
@@ -188,8 +198,8 @@ def _train(args: argparse.Namespace) -> int:
 
     if args.max_minutes is not None and not (math.isfinite(args.max_minutes) and args.max_minutes > 0):
         raise SystemExit(f"pettk train: --max-minutes takes a positive number of minutes, got {args.max_minutes}")
-    if args.init_from is not None and args.kind != "diffusion":
-        raise SystemExit(f"pettk train {args.kind}: --init-from is for `pettk train diffusion`")
+    if args.init_from is not None and args.kind not in INIT_FROM_KINDS:
+        raise SystemExit(f"pettk train {args.kind}: --init-from is for {', '.join(INIT_FROM_KINDS)}")
     if args.kind == "red":
         return _train_red(args)
     if args.kind in PRIOR_TRAINERS:

@@ -41,7 +41,7 @@ def corrupted_condition(loss_fn, p_drop: float, p_mismatch: float, key: str = "c
 
 
 def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = False, device=None, *,
-               resume: bool = False, time_limit_s: float | None = None) -> DDIP:
+               resume: bool = False, time_limit_s: float | None = None, init_from=None) -> DDIP:
     """Pretrain DDIP's score network (ε- or x0-MSE, MR concatenated) on one tracer's images.
 
     Parameters
@@ -62,6 +62,10 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
         Wall-clock seconds for this call (a chunk of a long run): when they run out, the stage's
         checkpoint is written and :class:`~pettk.diffusion.TrainingIncomplete` raised; call again
         with ``resume=True`` to continue.
+    init_from : path, optional
+        A DDIP model (``ddip.safetensors``, e.g. a shipped one) with the same network settings:
+        its weights start this run instead of random ones (a new run that continues an earlier
+        one's training; fresh optimiser and schedule). ``resume`` takes precedence.
 
     Returns
     -------
@@ -90,7 +94,14 @@ def train_ddip(config: DDIPConfig, dataset_root, out_dir=None, progress: bool = 
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = None if out_dir is None else Path(out_dir)
     torch.manual_seed(config.seed)
-    net = config.net.build().to(device)
+    net = config.net.build()
+    if init_from is not None:
+        trained = DDIP.load(init_from)
+        if trained.config.net != config.net:
+            raise ValueError(f"init_from {init_from} holds another network: {trained.config.net}, this "
+                             f"configuration's {config.net}")
+        net.load_state_dict(trained.net.state_dict())
+    net = net.to(device)
     head = _EpsHead(net, config.slices)
     schedule = config.build_schedule().to(device)
     loss = diffusion_loss(schedule, key="x", prediction=config.prediction,
