@@ -241,3 +241,29 @@ def test_3d_slice_wise_prior_with_volume_data_consistency(prior):
     for before, after in nll:                   # the EM steps on the 3D data improve the likelihood of x0_hat
         assert after < before
     torch.testing.assert_close(fast.reconstruct(model, y, chunk_size=3), out, rtol=1e-5, atol=1e-6)
+
+
+def test_unconditional_ddip_on_the_petdds_image_model(prior, cases, tmp_path):
+    """DDIP.from_petdds: the same network, DDIP's intensity convention set to the PET-DDS model's
+    reference; it reconstructs held-out slices better than MLEM-20, and saves / loads as DDIP."""
+    from pettk.priors.ddip import DDIP
+
+    ddip = DDIP.from_petdds(prior)
+    assert ddip.config.target_mean == pytest.approx(prior.config.reference_mean)
+    assert (ddip.config.prediction, ddip.config.T) == (prior.prediction, prior.schedule.num_steps)
+    for a, b in zip(ddip.net.state_dict().values(), prior.net.state_dict().values()):
+        torch.testing.assert_close(a, b)
+    rows = []
+    for model, y, truth in cases:
+        r = float(truth.max())
+        x = torch.as_tensor(ddip.reconstruct(model, y))
+        assert bool((x >= 0).all()) and bool(torch.isfinite(x).all())
+        rows.append((psnr(x, truth, data_range=r), psnr(mlem(model, y, 20), truth, data_range=r)))
+    rows = np.array(rows)
+    print(f"\nDDIP on the PET-DDS model {rows[:, 0].mean():.2f} dB, MLEM-20 {rows[:, 1].mean():.2f} dB")
+    assert rows[:, 0].mean() > rows[:, 1].mean() + 0.5       # measured: 18.86 vs 17.64 dB
+    path = ddip.save(tmp_path / "ddip.safetensors")
+    again = DDIP.load(path)
+    assert again.config == ddip.config
+    with pytest.raises(TypeError, match="must be a PETDDS prior"):
+        DDIP.from_petdds(ddip)

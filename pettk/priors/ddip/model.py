@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from ...diffusion.nets import UNet
+from ...diffusion.nets import UNet, UNetConfig
 from ...diffusion.nets.layers import AttentionBlock, ResBlock
 from ...diffusion.nets.lora import LoRALayer, inject_lora, mark_only_lora_and_bias_trainable, reset_lora
 from ...diffusion.posterior import penalised_em_step
@@ -90,6 +90,38 @@ class DDIP(ImagePrior):
         self.net.to(device)
         self._work = None
         return self
+
+    @classmethod
+    def from_petdds(cls, petdds, config: DDIPConfig | None = None) -> DDIP:
+        """DDIP on the unconditional image diffusion model of a PET-DDS prior (e.g. the shipped
+        ``pet-dds``): one pretrained image prior, two ways of using it (the "unconditional DDIP").
+
+        The network, its noise schedule and its prediction target are the PET-DDS model's; the
+        intensity convention too: DDIP shows the prior images whose mean inside the object mask
+        is ``target_mean``, set here to the PET-DDS model's ``reference_mean`` (the median of the
+        same statistic over its training images, with the same ``mask_threshold``), so the
+        network sees images on its training scale. Every other setting comes from ``config``
+        (default :data:`DDIPConfig.TINY`'s reconstruction settings).
+        """
+        from ..petdds import PETDDS
+
+        if not isinstance(petdds, PETDDS):
+            raise TypeError(f"petdds must be a PETDDS prior, got {type(petdds).__name__}")
+        if petdds.conditional:
+            raise ValueError("DDIP.from_petdds takes an unconditional image model; an MR-conditioned DDIP is "
+                             "pretrained by `pettk train ddip`")
+        if petdds.config.image_size is None or petdds.config.reference_mean is None:
+            raise ValueError("the PET-DDS prior lacks image_size / reference_mean (build it with its training data)")
+        diffusion = petdds.diffusion_config
+        unet = {k: tuple(v) if isinstance(v, list) else v for k, v in diffusion["unet"].items()}
+        net_config = UNetConfig(**unet, image_size=tuple(petdds.config.image_size))
+        config = (config or DDIPConfig.TINY).replace(
+            net=net_config, schedule=diffusion["schedule"]["kind"], T=int(diffusion["schedule"]["T"]),
+            prediction=diffusion["prediction"], target_mean=float(petdds.config.reference_mean),
+            mask_threshold=float(petdds.config.mask_threshold), mr_dropout=0.0, mr_mismatch=0.0).validate()
+        net = net_config.build()
+        net.load_state_dict(petdds.net.state_dict())
+        return cls(config, net.to(petdds.device).eval())
 
     def replace(self, **changes) -> DDIP:
         """A DDIP sharing this pretrained network with some reconstruction settings changed
