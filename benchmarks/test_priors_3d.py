@@ -14,11 +14,14 @@ adds a few element-wise operations per EM step); DDIP: MLEM-20 start, 20 steps.
 Cases (``PETTK_BENCH_PRIORS_3D``, default ``cpu``):
 
 * ``cpu`` -- the CPU-sized acceptance volume: 128 x 128 x 32 voxels from a 16-ring section of the
-  ``mmr-like`` scanner (256 planes x 224 views x 129 bins, 7.4 M LORs). One 3D EM epoch is about
-  a minute on this project's 2 shared CPU cores, so PET-DDS (52 epochs) and DDIP (~60) take about
-  an hour each there: run it on a quiet machine.
-* ``quick`` -- 128 x 128 x 8 from a 4-ring section (16 planes, 0.46 M LORs): the same code paths
-  in minutes on 2 cores (a smoke run of the benchmark).
+  ``mmr-like`` scanner (256 planes x 224 views x 129 bins, 7.4 M LORs). Measured once on 1
+  thread of this project's 2 shared cores (2026-12-07): DREAM (256 planes, then 10 OSEM epochs)
+  143 s, simulation 7 s. PET-DDS needs 52 EM epochs and DDIP about 60, so expect several minutes
+  to a quarter of an hour each there; the whole file is a long run, not a smoke test.
+* ``quick`` -- 128 x 128 x 8 from a 4-ring section (16 planes, 0.46 M LORs): the same code paths,
+  the whole file in a few minutes on 1 thread (measured 2026-12-07: RED 76 s and 143 s in two
+  runs under different loads, its networks dominate; DREAM 10 s, DDIP 67 s, LegoPET 19 s,
+  PET-DDS 25 s).
 * the whole brain, 128 x 128 x 127 on the full ``mmr-like`` scanner (64 rings, 4096 planes, 118 M
   LORs), always run, on CUDA only (skipped without a GPU). Issue 23's goal: < 60 s per volume on
   one H100.
