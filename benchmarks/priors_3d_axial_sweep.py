@@ -35,7 +35,7 @@ def main() -> None:
     net, schedule, config, slices = train_image_model()
     print(f"<!-- image model: {time.perf_counter() - start:.0f} s -->", flush=True)
     prior = PETDDS(net, schedule, config, PETDDSConfig(), dataset=slices)
-    ddip = ddip_with(net, prior.config.reference_mean)
+    ddip = ddip_with(prior)
     rows: dict[str, list] = {}
     seconds: dict[str, list] = {}
 

@@ -15,7 +15,6 @@ import pettk
 from pettk.diffusion.axial import axial_penalised_em_step, axial_penalty, axial_surrogate
 from pettk.diffusion.image_model import TINY as IMAGE_TINY
 from pettk.diffusion.image_model import merge_config, train_image_diffusion
-from pettk.diffusion.nets import UNetConfig
 from pettk.diffusion.posterior import penalised_em_step
 from pettk.geometry import ImageGrid, SinogramLayout
 from pettk.likelihood import poisson_nll
@@ -160,15 +159,11 @@ def train_image_model():
     return net, schedule, config, slices
 
 
-def ddip_with(net, reference_mean: float) -> DDIP:
-    """DDIP with the same pretrained network: its mean-in-head normalisation set to the level at
-    which PET-DDS shows slices to the network (``reference_mean``), MLEM-5 start, SDEdit from t=40
-    of the cosine T=200 (about DDIP's noise level at t=100 of its linear T=1000)."""
-    arch = UNetConfig(in_channels=1, out_channels=1, cond_channels=0, base_channels=8, channel_mults=(1, 2, 2),
-                      num_res_blocks=1, attention_levels=(), num_heads=1, dropout=0.0, image_size=(32, 32))
-    config = DDIPConfig.TINY.replace(net=arch, schedule="cosine", T=200, start_t=40, steps=20, init_iterations=5,
-                                     target_mean=float(reference_mean))
-    return DDIP(config, net)
+def ddip_with(prior: PETDDS) -> DDIP:
+    """DDIP on PET-DDS's image model (:meth:`DDIP.from_petdds`: same network, DDIP's target_mean
+    at the model's reference level), MLEM-5 start, SDEdit from t=40 of the cosine T=200 (about
+    DDIP's noise level at t=100 of its linear T=1000)."""
+    return DDIP.from_petdds(prior, DDIPConfig.TINY.replace(start_t=40, steps=20, init_iterations=5))
 
 
 @pytest.fixture(scope="module")
@@ -183,8 +178,8 @@ def prior(image_model):
 
 
 @pytest.fixture(scope="module")
-def ddip(image_model, prior):
-    return ddip_with(image_model[0], prior.config.reference_mean)
+def ddip(prior):
+    return ddip_with(prior)
 
 
 @pytest.fixture(scope="module")
