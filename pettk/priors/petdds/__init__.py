@@ -87,8 +87,9 @@ unconditional model, ``1`` the plain conditional one, ``> 1`` amplifies the MR's
 (Singh et al.'s guided PET-DDS). A conditional model trained without dropout supports only
 ``guidance = 1``. An unconditional model ignores ``mr`` and ``guidance``.
 
-Limitations: the prior is 2D (3D by slices; no inter-slice prior, Singh et al.'s 3D variants add
-one); the model's image size is checked but not its voxel size; the prior can only represent
+Limitations: the prior is 2D (3D by slices; the only inter-slice coupling is the optional
+quadratic axial penalty ``axial_beta`` inside the data step, :mod:`pettk.diffusion.axial`); the
+model's image size is checked but not its voxel size; the prior can only represent
 what its training data held (out-of-distribution lesions are restored by the data term alone).
 
 Modules (one job each): :mod:`.config` (:class:`PETDDSConfig`), :mod:`.reference` (intensity
