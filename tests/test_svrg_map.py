@@ -33,9 +33,13 @@ def test_svrg_reaches_the_lbfgsb_optimum(problem, n_subsets):
 
 
 def test_svrg_objective_increases_on_average(problem):
-    """Phi (maximised) rises from one 10-epoch window to the next until both windows are within
-    1e-7 of the optimum (there SVRG's noise is at rounding level), and the snapshots' own
-    objectives (``info['objective']``) are the MAP objective of the snapshot image."""
+    """Phi (maximised), as the median of each 10-epoch window, rises from one window to the next
+    until both windows are within 1e-7 of the optimum (there SVRG's noise is at rounding level),
+    and the snapshots' own objectives (``info['objective']``) are the MAP objective of the
+    snapshot image. The median, not the mean: an SVRG epoch at the step cap can overshoot once
+    (3d, 8 subsets: epoch 13 at 4.2e-3 below the optimum, between epochs at 8.7e-6 and 7.4e-5;
+    before issue 25's preconditioner fix the same happened at epoch 15, 1.6e-3), and the next
+    snapshot's safeguard halves the step; one such epoch must not decide the window."""
     _, model, y, prior, beta, _, phi_ref = problem
     values, snapshots = [], []
     previous = None
@@ -44,7 +48,7 @@ def test_svrg_objective_increases_on_average(problem):
             snapshots.append((state.info["objective"], map_objective(model, y, previous, prior, beta)))
         previous = state.x.clone()
         values.append(map_objective(model, y, state.x, prior, beta))
-    windows = np.asarray(values).reshape(6, 10).mean(axis=1)
+    windows = np.median(np.asarray(values).reshape(6, 10), axis=1)
     converged = (phi_ref - windows) <= 1e-7 * abs(phi_ref)
     assert np.all((np.diff(windows) > 0) | (converged[1:] & converged[:-1])), windows
     assert np.diff(windows)[0] > 0 and not converged[0]

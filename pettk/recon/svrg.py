@@ -128,29 +128,41 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
         ybar = sub.forward(image)
         grad = sub.adjoint(em_ratio(parts.data[s], ybar))
         grad -= parts.sens[s]
-        return (grad, -float(poisson_nll(parts.data[s], ybar))) if want_value else grad
+        if not want_value:
+            return grad
+        # in float64: the safeguard compares objectives whose changes near the optimum are below
+        # float32's resolution of the sum
+        return grad, -float(poisson_nll(parts.data[s].double(), ybar.double()))
 
-    def preconditioner(image):
+    def preconditioner(image, floor=None):
+        """``(grad R(image), D(image), H)`` with ``H = max(H(image), floor)`` (``floor``: the
+        curvature of the snapshot or of the epoch's start; the prior's kernel returns the gradient
+        and the Hessian diagonal in one pass, so a step's refresh costs no more than its gradient)."""
         shifted = image + delta
         if beta == 0:
-            return None, shifted / sens
+            return None, shifted / sens, None
         prior_grad, curvature = prior.gradient_and_hessian_diagonal(image)
-        return prior_grad, shifted / (sens + beta * shifted * curvature)
+        if floor is not None:
+            curvature = torch.maximum(curvature, floor)
+        return prior_grad, shifted / (sens + beta * shifted * curvature), curvature
 
     def project(image):
         return torch.where(keep, image.clamp_min_(0.0), zero)
 
     alpha, cap = step, max_step
-    stored = full_lik = precond = None
+    stored = full_lik = precond = snap_curvature = None
     last = None  # (x_snap, full gradient, objective) of the previous snapshot
     for k in range(n_iter):
         info = {"snapshot": False}
         if k < warmup:
-            prior_grad, precond = preconditioner(x)
-            for i, s in enumerate(subset_progress(order if k % 2 == 0 else order[::-1])):
+            start_curvature = None
+            for s in subset_progress(order if k % 2 == 0 else order[::-1]):
+                prior_grad, precond, curvature = preconditioner(x, start_curvature)
+                if start_curvature is None:
+                    start_curvature = curvature
                 grad = M * likelihood_gradient(s, x)
                 if beta > 0:
-                    grad -= beta * (prior_grad if i == 0 else prior.gradient(x))
+                    grad -= beta * prior_grad
                 x = project(x + alpha * precond * grad)
         elif (k - warmup) % snapshot_every == 0:
             stored, value, full_lik = [], 0.0, torch.zeros_like(x)
@@ -159,9 +171,9 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
                 stored.append(g)
                 full_lik += g
                 value += v
-            prior_grad, precond = preconditioner(x)
+            prior_grad, precond, snap_curvature = preconditioner(x)
             full = full_lik - beta * prior_grad if beta > 0 else full_lik.clone()
-            objective = value - beta * float(prior.value(x)) if beta > 0 else value
+            objective = value - beta * float(prior.value(x.double())) if beta > 0 else value
             if last is not None:
                 if objective < last[2]:
                     cap = max(alpha / 2, step / 10)
@@ -183,9 +195,10 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
             for s in subset_progress(order if epoch % 2 == 0 else order[::-1]):
                 v = M * (likelihood_gradient(s, x) - stored[s]) if M > 1 else likelihood_gradient(s, x) - stored[s]
                 v += full_lik
+                prior_grad, step_precond, _ = preconditioner(x, snap_curvature)
                 if beta > 0:
-                    v -= beta * prior.gradient(x)
-                x = project(x + alpha * precond * v)
+                    v -= beta * prior_grad
+                x = project(x + alpha * step_precond * v)
         info["step"] = alpha
         yield ReconState(k + 1, x, M - 1, info)
 
