@@ -11,8 +11,11 @@ doi:10.3389/fnume.2025.1641215, arXiv:2506.04976), whose key findings are the th
 
 * **a prior-aware diagonal preconditioner**, the harmonic mean of the EM preconditioner
   ``x / s`` (``s = A^T 1``) and the inverse of the prior's Hessian diagonal,
-  ``D(x) = (x + delta) / (s + beta (x + delta) H(x))`` -- the one :func:`~pettk.recon.bsrem`
-  uses (Tsai et al., IEEE TMI 37(4), 2018); recomputed at every snapshot;
+  ``D(x) = (x + delta) / (s + beta (x + delta) H)`` -- the one :func:`~pettk.recon.bsrem`
+  uses (Tsai et al., IEEE TMI 37(4), 2018), evaluated **at the current iterate in every subset
+  step**, with ``H = max(H(x), H(x_snap))`` (the prior's Hessian diagonal at ``x``, never below
+  its value at the snapshot, or at the epoch's start in the warm-up). The prior's kernel returns
+  the gradient and the Hessian diagonal in one pass, so this costs no more than the gradient;
 * **SVRG**: after ``warmup`` epochs of plain preconditioned subset steps, a snapshot every
   ``snapshot_every`` epochs computes the full gradient ``G`` and keeps the ``M`` subset gradients
   ``g_m(x_snap)``; the steps in between use ``v = M (g_m(x) - g_m(x_snap)) + G`` for the
@@ -23,14 +26,28 @@ doi:10.3389/fnume.2025.1641215, arXiv:2506.04976), whose key findings are the th
   ``alpha = <s, -y> / <-y, D (-y)>`` with ``s`` the change of the snapshot image and ``y`` that of
   the full gradient, kept within ``[step / 10, max_step]``.
 
-Safeguard: the snapshot's full forward projections give ``Phi(x_snap)`` at no extra projection.
+Safeguard: the snapshot's full forward projections give ``Phi(x_snap)`` at no extra projection
+(summed in float64: near the optimum its changes are below float32's resolution of the sum).
 If it fell since the previous snapshot, the step cap halves (``cap <- alpha / 2``), so a too-long
 step cannot keep the iterates from the optimum; if it rose, the cap grows by ``CAP_GROWTH`` (up to
 ``max_step``), so that one noisy snapshot does not slow the rest of the run. Non-negativity is by projection.
 
+Why ``D`` follows the iterate (issue 25, ``docs/map_solvers.md``): with ``D`` frozen at the
+snapshot, as in the first version, low counts with a strong RDP diverged. At a hot voxel of the
+snapshot (a spike above its neighbours) RDP's Hessian diagonal is nearly 0 and ``D`` is the large
+EM step ``(x_snap + delta) / s``, while RDP's gradient there is nearly constant (RDP grows
+linearly with a large difference). The prior's step pushed the voxel to 0, where the same large
+``D`` met the prior's opposite gradient and threw it back far above ``x_snap``: measured on a
+DRF-100 slice (8 subsets), one voxel went 19 -> 0 -> 325 -> 124 -> 53 -> 0 -> 325 within one
+epoch, the prior's part 97 % of the step and the SVRG correction ``M (g_m(x) - g_m(x_snap))``
+2-4 %; the next snapshot's ``D`` was larger still, so the swing grew (to 1e3 and beyond)
+whatever the step. At the current iterate, ``x + delta`` shrinks with the voxel, as in BSREM's
+per-subset preconditioner (S. Ahn and J. A. Fessler, IEEE TMI 22(5), 2003); keeping ``H`` at
+least the snapshot's stops a voxel that jumped to where RDP is flat from taking a large step.
+
 Cost: an epoch is one full projector-equivalent (forward and back projection of all views). The
 snapshot epoch spends it on the full gradient (and takes one full-gradient step); every other
-epoch takes ``M`` subset steps. Memory: ``M + 4`` images besides the data.
+epoch takes ``M`` subset steps. Memory: ``M + 5`` images besides the data.
 """
 
 from __future__ import annotations
