@@ -39,8 +39,8 @@ EM step ``(x_snap + delta) / s``, while RDP's gradient there is nearly constant 
 linearly with a large difference). The prior's step pushed the voxel to 0, where the same large
 ``D`` met the prior's opposite gradient and threw it back far above ``x_snap``: measured on a
 DRF-100 slice (8 subsets), one voxel went 19 -> 0 -> 325 -> 124 -> 53 -> 0 -> 325 within one
-epoch, the prior's part 97 % of the step and the SVRG correction ``M (g_m(x) - g_m(x_snap))``
-2-4 %; the next snapshot's ``D`` was larger still, so the swing grew (to 1e3 and beyond)
+epoch, the prior's part 95-98 % of the step's norm and the SVRG correction ``M (g_m(x) - g_m(x_snap))``
+1-6 %; the next snapshot's ``D`` was larger still, so the swing grew (to 1e3 and beyond)
 whatever the step. At the current iterate, ``x + delta`` shrinks with the voxel, as in BSREM's
 per-subset preconditioner (S. Ahn and J. A. Fessler, IEEE TMI 22(5), 2003); keeping ``H`` at
 least the snapshot's stops a voxel that jumped to where RDP is flat from taking a large step.
