@@ -259,8 +259,10 @@ def test_evaluate_tunes_simulated_heldout_data_on_validation_subjects(tmp_path):
     assert summary[0]["method"] == "osem" and "cr_hot" in summary[0]
 
 
-def test_pet_dds_needs_a_checkpoint(tmp_path):
-    with pytest.raises(SystemExit, match=r"^pettk evaluate: pet-dds has no shipped model yet; give .*--checkpoint"):
+def test_a_model_of_another_image_size_is_refused_before_any_work(tmp_path):
+    # the shipped PET-DDS model is 128 x 128; the default simulated data are 64 x 64
+    with pytest.raises(SystemExit, match=r"^pettk evaluate: the pet-dds model was trained on 128 x 128 images but "
+                                         r"the evaluated data are 64 x 64"):
         main(["evaluate", "-o", str(tmp_path / "ev"), "--methods", "pet-dds", "--no-tune", "--no-progress"])
     assert not (tmp_path / "ev").exists()
 

@@ -284,8 +284,9 @@ def test_recon_method_on_a_3d_sinogram_file(red_3d, legopet_32, tmp_path):
     # clear errors before any work
     with pytest.raises(SystemExit, match="either --algorithm or --method"):
         main(["recon", str(sino), "--method", "red", "--algorithm", "mlem", "-o", str(out)])
-    with pytest.raises(SystemExit, match="ships no model: give --model"):
+    with pytest.raises(SystemExit, match="trained on 128x128 images but the forward model's grid is 32x32"):
         main(["recon", str(sino), "--method", "pet-dds", "-o", str(tmp_path / "p.nii.gz")])
+    assert not (tmp_path / "p.nii.gz").exists()
     with pytest.raises(SystemExit, match="--drf is for the sinogram restorers"):
         main(["recon", str(sino), "--method", "legopet", "--drf", "10", "-o", str(tmp_path / "l.nii.gz")])
     with pytest.raises(SystemExit, match="is a red model, not dream"):

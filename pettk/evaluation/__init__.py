@@ -120,6 +120,20 @@ def load_method_model(method: str, source=None, device="cpu"):
     return models.load_checkpoint_for(method, source, device=device)
 
 
+def model_image_size(model) -> tuple[int, int] | None:
+    """The in-plane image size a learned image prior was trained on (PET-DDS: its configuration's
+    ``image_size``; DDIP: its U-Net's ``image_size``); ``None`` for the sinogram restorers and
+    LegoPET (their networks see sinograms; a mismatched layout is refused by the model itself)."""
+    from ..priors.ddip import DDIP
+    from ..priors.petdds import PETDDS
+
+    if isinstance(model, PETDDS) and model.config.image_size is not None:
+        return tuple(int(v) for v in model.config.image_size)
+    if isinstance(model, DDIP):
+        return tuple(int(v) for v in model.config.net.image_size)
+    return None
+
+
 def _cases(datasets: dict, device, indices: dict | None = None) -> list[tuple[float, dict, Case]]:
     """``(drf, item, case)`` for the items of each DRF's data set (``indices[drf]``: which; default all)."""
     out = []
@@ -321,6 +335,14 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
     models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
+    size = int(manifest["config"]["image_size"]) if data_dir is not None else int(data.image_size)
+    for method, model in models.items():
+        trained = model_image_size(model)
+        if trained is not None and trained != (size, size):
+            raise ValueError(f"the {method} model was trained on {trained[0]} x {trained[1]} images but the evaluated "
+                             f"data are {size} x {size}; give a model of this size (--checkpoint {method}=NAME_OR_PATH: a "
+                             f"shipped model such as ddip-fdg-128 / pet-dds for 128 x 128, or a checkpoint) or data of "
+                             f"the model's size")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("tuning.json", "lesions.csv"):  # of an earlier run into the same folder

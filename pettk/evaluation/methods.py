@@ -45,7 +45,8 @@ LEARNED = ("red", "dream", "ddip", "legopet", "pet-dds")
 METHODS = CLASSICAL + LEARNED
 
 #: The shipped model each learned method uses unless a checkpoint is given.
-DEFAULT_MODELS = {"red": "red-drf20", "dream": "dream-drf20", "ddip": "ddip-fdg", "legopet": "legopet"}
+DEFAULT_MODELS = {"red": "red-drf20", "dream": "dream-drf20", "ddip": "ddip-fdg", "legopet": "legopet",
+                  "pet-dds": "pet-dds"}
 
 
 @dataclass

@@ -6,7 +6,7 @@ held-out metrics), trained by pettk's own training commands on pettk's simulator
 
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
-['ddip-fdg', 'dream-drf20', 'legopet', 'red-drf20']
+['ddip-fdg', 'ddip-fdg-128', 'dream-drf20', 'legopet', 'pet-dds', 'red-drf20']
 >>> red = pettk.models.load("red-drf20")   # doctest: +SKIP
 
 :func:`load_checkpoint_for` loads a user checkpoint of a given method the same way.
@@ -22,7 +22,8 @@ __all__ = ["REGISTRY", "LOADERS", "available", "path_of", "card", "load", "load_
 _HERE = Path(__file__).resolve().parent
 
 #: Shipped model name → the method it belongs to.
-REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet"}
+REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet",
+            "ddip-fdg-128": "ddip", "pet-dds": "pet-dds"}
 
 #: Method → ``(module, class)`` whose ``load(path, device)`` reads its checkpoints.
 LOADERS = {"red": ("pettk.priors.red", "RED"), "dream": ("pettk.priors.dream", "DREAM"),
