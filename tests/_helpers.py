@@ -26,3 +26,18 @@ def assert_adjoint(projector, x, y, rtol):
 
 def as_numpy(t):
     return t.detach().cpu().numpy() if isinstance(t, torch.Tensor) else np.asarray(t)
+
+
+def ellipsoid_head(grid, seed: int) -> np.ndarray:
+    """A head-like cylinder with four random hot/cold ellipsoids on a 3D ``grid`` (the tiny
+    scanner's 60 mm radius holds no brain): non-negative activity, float64, ``grid.shape``."""
+    from pettk.sim.phantoms import ellipsoid_phantom_3d
+
+    rng = np.random.default_rng(seed)
+    rows = [(1.0, 0.8 + 0.1 * rng.random(), 0.7 + 0.1 * rng.random(), 3.0, 0, 0, 0, 30 * rng.random())]
+    for _ in range(4):
+        r = 0.08 + 0.15 * rng.random()
+        c = (0.5 * rng.random(2) - 0.25)
+        rows.append((rng.choice([-0.6, 1.5, 2.5]), r, r * (0.7 + 0.6 * rng.random()), 0.3 + 0.5 * rng.random(),
+                     c[0], c[1], rng.random() - 0.5, 0.0))
+    return np.clip(ellipsoid_phantom_3d(grid, rows, 36.0), 0, None)

@@ -5,6 +5,7 @@ direct projections, axial interpolation, plane-wise restoration in batches, a ti
 import numpy as np
 import pytest
 import torch
+from _helpers import ellipsoid_head
 
 import pettk
 from pettk.diffusion.nets import RED_TINY
@@ -25,22 +26,14 @@ from pettk.projector import Projector
 from pettk.rebinning import ssrb, ssrb_planes, ssrb_positions_mm
 from pettk.recon import osem
 from pettk.sim import simulate_scan
-from pettk.sim.phantoms import ellipsoid_phantom_3d
 
 DRF = 10.0
 TINY = pettk.preset("tiny")          # 4 rings, 16 planes of 48 views × 49 bins; 32 × 32 × 8 at 2.5 × 2.5 × 2 mm
 
 
 def _phantom(seed: int) -> np.ndarray:
-    """A head-like cylinder of random ellipsoids (the tiny scanner's 60 mm radius holds no brain)."""
-    rng = np.random.default_rng(seed)
-    rows = [(1.0, 0.8 + 0.1 * rng.random(), 0.7 + 0.1 * rng.random(), 3.0, 0, 0, 0, 30 * rng.random())]
-    for _ in range(4):
-        r = 0.08 + 0.15 * rng.random()
-        c = (0.5 * rng.random(2) - 0.25)
-        rows.append((rng.choice([-0.6, 1.5, 2.5]), r, r * (0.7 + 0.6 * rng.random()), 0.3 + 0.5 * rng.random(),
-                     c[0], c[1], rng.random() - 0.5, 0.0))
-    return np.clip(ellipsoid_phantom_3d(TINY.grid, rows, 36.0), 0, None)
+    """A head-like cylinder of random ellipsoids (tests/_helpers.ellipsoid_head)."""
+    return ellipsoid_head(TINY.grid, seed)
 
 
 def _scan(seed: int, counts: float = 3e5):

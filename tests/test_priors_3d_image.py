@@ -10,6 +10,7 @@ attenuation-free, 3 mm PSF, randoms and scatter."""
 import numpy as np
 import pytest
 import torch
+from _helpers import ellipsoid_head
 
 import pettk
 from pettk.diffusion.axial import axial_penalised_em_step, axial_penalty, axial_surrogate
@@ -25,7 +26,6 @@ from pettk.priors.ddip import DDIP, DDIPConfig
 from pettk.projector import Projector
 from pettk.recon import osem
 from pettk.sim import simulate_scan
-from pettk.sim.phantoms import ellipsoid_phantom_3d
 
 DRF = 10.0
 TINY = pettk.preset("tiny")          # 4 rings, 16 planes of 48 views x 49 bins; 32 x 32 x 8 at 2.5 x 2.5 x 2 mm
@@ -34,15 +34,8 @@ AXIAL_BETA = 0.3
 
 
 def phantom(seed: int) -> np.ndarray:
-    """A head-like cylinder with four random hot/cold ellipsoids (as in tests/test_priors_3d.py)."""
-    rng = np.random.default_rng(seed)
-    rows = [(1.0, 0.8 + 0.1 * rng.random(), 0.7 + 0.1 * rng.random(), 3.0, 0, 0, 0, 30 * rng.random())]
-    for _ in range(4):
-        r = 0.08 + 0.15 * rng.random()
-        c = (0.5 * rng.random(2) - 0.25)
-        rows.append((rng.choice([-0.6, 1.5, 2.5]), r, r * (0.7 + 0.6 * rng.random()), 0.3 + 0.5 * rng.random(),
-                     c[0], c[1], rng.random() - 0.5, 0.0))
-    return np.clip(ellipsoid_phantom_3d(TINY.grid, rows, 36.0), 0, None).astype(np.float32)
+    """A head-like cylinder of random ellipsoids (tests/_helpers.ellipsoid_head)."""
+    return ellipsoid_head(TINY.grid, seed).astype(np.float32)
 
 
 def scan(seed: int):

@@ -339,10 +339,10 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     for method, model in models.items():
         trained = model_image_size(model)
         if trained is not None and trained != (size, size):
-            raise ValueError(f"the {method} model was trained on {trained[0]} x {trained[1]} images but the evaluated "
-                             f"data are {size} x {size}; give a model of this size (--checkpoint {method}=NAME_OR_PATH: a "
-                             f"shipped model such as ddip-fdg-128 / pet-dds for 128 x 128, or a checkpoint) or data of "
-                             f"the model's size")
+            raise ValueError(f"the {method} model was trained on {trained[0]} x {trained[1]} images but the "
+                             f"evaluated data are {size} x {size}; give a model of this size (--checkpoint "
+                             f"{method}=NAME_OR_PATH: a shipped model such as ddip-fdg-128 / pet-dds for 128 x 128, "
+                             f"or a checkpoint) or data of the model's size")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("tuning.json", "lesions.csv"):  # of an earlier run into the same folder
