@@ -111,3 +111,20 @@ def test_cli_init_from_is_refused_where_it_does_not_apply(tmp_path, capsys):
         main(["train", "red", "-o", str(tmp_path), "--init-from", "red-drf20"])
     with pytest.raises(SystemExit, match="neither a shipped model"):
         main(["train", "diffusion", "-o", str(tmp_path), "--init-from", str(tmp_path / "missing.safetensors")])
+
+
+def test_an_interrupted_cli_training_ends_with_the_resume_status(capsys):
+    """SIGTERM (a session ending) inside `pettk train`: one line saying how to resume, exit status
+    75 like a finished chunk, and the SIGTERM handler before the run is restored."""
+    import argparse
+    import signal
+
+    from pettk.cli.train import EXIT_CHUNK_ENDED, _chunk_of_training
+
+    before = signal.getsignal(signal.SIGTERM)
+    with _chunk_of_training(argparse.Namespace(kind="diffusion", max_minutes=None)) as chunk:
+        assert signal.getsignal(signal.SIGTERM) is not before
+        raise KeyboardInterrupt("signal 15")
+    assert chunk.status == EXIT_CHUNK_ENDED
+    assert "interrupted (signal 15)" in capsys.readouterr().out
+    assert signal.getsignal(signal.SIGTERM) is before

@@ -163,15 +163,23 @@ class _chunk_of_training:
         def interrupt(signum, frame):
             raise KeyboardInterrupt(f"signal {signum}")
 
-        signal.signal(signal.SIGTERM, interrupt)
+        self._previous = signal.signal(signal.SIGTERM, interrupt)
         return self
 
     def __exit__(self, kind, error, traceback):
+        import signal
+
         from ..diffusion import TrainingIncomplete
 
+        signal.signal(signal.SIGTERM, self._previous)
         if isinstance(error, TrainingIncomplete):
             print(f"pettk train {self.kind}: chunk ended in stage {error.stage} at step {error.step} of {error.steps}; "
                   f"checkpoint {error.checkpoint}: run the same command with --resume to continue")
+            self.status = EXIT_CHUNK_ENDED
+            return True
+        if isinstance(error, KeyboardInterrupt):   # Ctrl-C or SIGTERM: the trainer wrote its checkpoint
+            print(f"pettk train {self.kind}: interrupted ({error or 'Ctrl-C'}); the steps done so far are in the "
+                  f"output folder's checkpoint: run the same command with --resume to continue")
             self.status = EXIT_CHUNK_ENDED
             return True
         return False
