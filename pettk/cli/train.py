@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import time
 from pathlib import Path
@@ -120,18 +121,15 @@ def _train_prior(args: argparse.Namespace) -> int:
         raise SystemExit(f"pettk train {args.kind}: {err}") from None
     if not args.data:
         raise SystemExit(f"pettk train {args.kind}: --data must name a data set folder (built by `pettk simulate`)")
+    init_from = _initial_model(args.init_from)
     device = _train_device(args)
     start = time.perf_counter()
     with _chunk_of_training(args) as chunk:
-        extra = {} if args.init_from is None else {"init_from": _initial_model(args.init_from)}
-        try:
+        extra = {} if init_from is None else {"init_from": init_from}
+        with _init_from_errors(args.kind, init_from):
             model = getattr(module, train_name)(config, args.data, out_dir=args.output,
                                                 progress=not args.no_progress, device=device, resume=args.resume,
                                                 time_limit_s=chunk.time_limit_s, **extra)
-        except ValueError as err:
-            if not extra:
-                raise
-            raise SystemExit(f"pettk train {args.kind}: --init-from: {err}") from None
         path = model.save(Path(args.output) / file_name)
         print(f"pettk train {args.kind}: on {device} in {time.perf_counter() - start:.1f} s -> {path}")
     return chunk.status
@@ -200,6 +198,18 @@ def _initial_model(name_or_path):
     return path
 
 
+@contextlib.contextmanager
+def _init_from_errors(kind: str, init_from):
+    """A ``ValueError`` of a run started ``--init-from`` a model (another network, another kind of
+    file) becomes one ``pettk train KIND: --init-from: ...`` line; without it, errors pass unchanged."""
+    try:
+        yield
+    except ValueError as err:
+        if init_from is None:
+            raise
+        raise SystemExit(f"pettk train {kind}: --init-from: {err}") from None
+
+
 def _train(args: argparse.Namespace) -> int:
 
     from ..diffusion import image_model
@@ -229,14 +239,10 @@ def _train(args: argparse.Namespace) -> int:
     device = _train_device(args)
     start = time.perf_counter()
     with _chunk_of_training(args) as chunk:
-        try:
+        with _init_from_errors(args.kind, init_from):
             _, _, trainer = image_model.train_image_diffusion(config, args.output, progress=not args.no_progress,
                                                               resume=args.resume, device=device,
                                                               time_limit_s=chunk.time_limit_s, init_from=init_from)
-        except ValueError as err:
-            if init_from is None:
-                raise
-            raise SystemExit(f"pettk train diffusion: --init-from: {err}") from None
     steps = config["train"]["steps"]
     print(f"pettk train {args.kind}: step {trainer.step} of {steps} on {device} in "
           f"{time.perf_counter() - start:.1f} s -> {Path(args.output) / 'model.safetensors'}"

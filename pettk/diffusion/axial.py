@@ -52,21 +52,12 @@ tiny 3D test case it is measured to lower the axial gradient error 2.5x and to g
 
 from __future__ import annotations
 
-import math
-import numbers
-
 import torch
 
+from .._validation import as_nonnegative_float
 from .posterior import penalised_em_step
 
 __all__ = ["axial_penalty", "axial_surrogate", "axial_penalised_em_step"]
-
-
-def _weight(name: str, value) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(float(value)) \
-            or float(value) < 0:
-        raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-    return float(value)
 
 
 def _volume(name: str, x) -> torch.Tensor:
@@ -81,7 +72,7 @@ def _volume(name: str, x) -> torch.Tensor:
 def axial_penalty(x: torch.Tensor, gamma: float) -> torch.Tensor:
     """``gamma/2 sum (x[..., z+1] - x[..., z])^2`` of a volume ``(..., nx, ny, nz)`` (a 0-d tensor,
     or one value per leading batch index)."""
-    gamma = _weight("gamma", gamma)
+    gamma = as_nonnegative_float("gamma", gamma)
     x = _volume("x", x)
     d = x[..., 1:] - x[..., :-1]
     return 0.5 * gamma * (d * d).sum(dim=(-3, -2, -1))
@@ -104,7 +95,7 @@ def axial_surrogate(x: torch.Tensor, anchor: torch.Tensor, beta: float, gamma: f
     ``(beta + 4 gamma, c)`` with ``c = (beta anchor + 4 gamma m) / (beta + 4 gamma)`` and ``m`` the
     neighbour mean ``x / 2 + (x[z-1] + x[z+1]) / 4`` (edge slices replicated).
     """
-    beta, gamma = _weight("beta", beta), _weight("gamma", gamma)
+    beta, gamma = as_nonnegative_float("beta", beta), as_nonnegative_float("gamma", gamma)
     x = _volume("x", x)
     if tuple(anchor.shape) != tuple(x.shape):
         raise ValueError(f"anchor must have x's shape {tuple(x.shape)}, got {tuple(anchor.shape)}")
@@ -138,7 +129,7 @@ def axial_penalised_em_step(forward_model, y, x, anchor, beta: float, gamma: flo
 
     Returns the new estimate (>= 0, ``x``'s shape).
     """
-    beta, gamma = _weight("beta", beta), _weight("gamma", gamma)
+    beta, gamma = as_nonnegative_float("beta", beta), as_nonnegative_float("gamma", gamma)
     if gamma == 0.0:
         return penalised_em_step(forward_model, y, x, anchor, beta, sens=sens, mask=mask)
     shape = tuple(forward_model.shape_in)

@@ -328,11 +328,11 @@ class PETDDS(ImagePrior):
         # 2. the data-consistency step -----------------------------------------------------------
         sens = model.sensitivity(torch.float32, device)
         fov = sens > SENSITIVITY_FLOOR * float(sens.max())
-        beta_abs = float(cfg.beta) * float(sens[fov].mean()) / scale if bool(fov.any()) else 0.0
-        # the axial coupling (3D only), dimensionless like beta: gamma_abs = axial_beta * mean_FOV(s) / scale
-        axial_abs = 0.0
-        if three_d and n_z >= 2 and cfg.axial_beta > 0 and bool(fov.any()):
-            axial_abs = float(cfg.axial_beta) * float(sens[fov].mean()) / scale
+        # a dimensionless weight w becomes w * mean_FOV(s) / scale (counts/activity^2)
+        fov_sens = float(sens[fov].mean()) if bool(fov.any()) else 0.0
+        beta_abs = float(cfg.beta) * fov_sens / scale
+        # the axial coupling (3D only), dimensionless like beta
+        axial_abs = float(cfg.axial_beta) * fov_sens / scale if three_d and n_z >= 2 else 0.0
         if cfg.subsets > 1:
             subs = model.subsets(cfg.subsets)
             parts = [(m, m.projector.select(y_t), m.sensitivity(torch.float32, device)) for m in subs]
