@@ -12,6 +12,10 @@
     (``--data DIR``, built by ``pettk simulate``): mean ± std tables (PSNR, SSIM, NRMSE, lesion
     contrast recovery) and figures; the classical settings are tuned on the validation split of
     the same data (``--tune``, the default; ``--no-tune``: the fixed TUNED constants).
+``pettk compare RUN [RUN ...] [--baseline bsrem-rdp] [-o FILE.md]``
+    Merge the ``slices.csv`` / ``lesions.csv`` of ``pettk evaluate`` runs on the same data and print
+    each method's mean ± std with its paired per-slice margin (PSNR, SSIM) against the baseline
+    (:mod:`pettk.evaluation.paired`); ``-o`` also writes the Markdown table.
 ``pettk simulate OUT_DIR [--subjects N --slices S --size PX --anatomy v2 --drf D ...]``
     Build a paired low-/full-dose 2D-slice data set of simulated brains (resumable; default: the
     shipped models' training set, 240 v2 subjects x 20 slices, 128 x 128 on the mmr-like geometry).

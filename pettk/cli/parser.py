@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from .._version import __version__
+from .compare import _compare
 from .evaluate import DEMO_METHODS, EVALUATE_METHODS, _demo, _evaluate
 from .recon import ALGORITHMS, _recon
 from .simulate import _simulate
@@ -75,6 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--device", default="cpu")
     ev.add_argument("--no-progress", action="store_true")
     ev.set_defaults(func=_evaluate)
+
+    cmp = sub.add_parser("compare", help="paired margins of `pettk evaluate` runs on the same data against a baseline")
+    cmp.add_argument("runs", nargs="+", metavar="RUN", help="`pettk evaluate` output folders (slices.csv, lesions.csv)")
+    cmp.add_argument("--baseline", default="bsrem-rdp",
+                     help="the method every other method is paired with, slice by slice (default bsrem-rdp)")
+    cmp.add_argument("--output", "-o", metavar="FILE.md", help="also write the Markdown table to FILE.md")
+    cmp.set_defaults(func=_compare)
 
     simp = sub.add_parser("simulate", help="build a paired low-/full-dose 2D-slice data set of simulated brains")
     simp.add_argument("output", help="data set folder (resumed if it exists with the same settings)")

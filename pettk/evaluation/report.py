@@ -17,8 +17,8 @@ from ..geometry import ImageGrid
 from ..io import atomic_path, save_nifti
 
 __all__ = ["ROW_FIELDS", "LESION_FIELDS", "CR_FIELDS", "OPTIONAL_METRICS", "lesion_measurement", "comparison_lines",
-           "summarise", "markdown_table", "write_rows_csv", "write_lesions_csv", "write_summary", "write_figure",
-           "write_nifti_stack"]
+           "summarise", "markdown_table", "plus_minus", "cr_cell", "write_rows_csv", "write_lesions_csv",
+           "write_summary", "write_figure", "write_nifti_stack"]
 
 #: Columns of the per-slice CSV.
 ROW_FIELDS = ("method", "drf", "tracer", "subject", "slice", "psnr", "ssim", "nrmse", "seconds")
@@ -84,13 +84,17 @@ def summarise(rows: list[dict], lesion_rows: list[dict] | None = None) -> list[d
     return out
 
 
-def _pm(mean: float, std: float, digits: int) -> str:
-    return f"{mean:.{digits}f} ± {std:.{digits}f}" if math.isfinite(mean) else "n/a"
+def plus_minus(mean: float, std: float, digits: int, sign: bool = False) -> str:
+    """``"mean ± std"`` with ``digits`` decimals (``sign``: ``+`` before a non-negative mean); ``"n/a"``
+    when the mean is not finite."""
+    return f"{mean:{'+' if sign else ''}.{digits}f} ± {std:.{digits}f}" if math.isfinite(mean) else "n/a"
 
 
-def _cr_cell(e: dict, kind: str) -> str:
+def cr_cell(e: dict, kind: str) -> str:
+    """The ``CR hot`` / ``CR cold`` cell (``kind``: ``"hot"``, ``"cold"``) of a summary row with
+    :data:`CR_FIELDS`: mean ± std with 2 decimals and the lesion count in brackets, else ``"n/a"``."""
     n = e.get(f"n_{kind}", 0)
-    return f"{_pm(e[f'cr_{kind}'], e[f'cr_{kind}_std'], 2)} ({n})" if n else "n/a"
+    return f"{plus_minus(e[f'cr_{kind}'], e[f'cr_{kind}_std'], 2)} ({n})" if n else "n/a"
 
 
 def markdown_table(summary: list[dict], labels: dict[str, str] | None = None, unit: str = "slice") -> str:
@@ -106,11 +110,11 @@ def markdown_table(summary: list[dict], labels: dict[str, str] | None = None, un
     lines = [f"| method | DRF | tracer | n | PSNR (dB) | SSIM | NRMSE |{cr_head}{ax_head} s / {unit} |",
              f"|---|---|---|---|---|---|---|{cr_rule}{ax_rule}---|"]
     for e in summary:
-        cr = f" {_cr_cell(e, 'hot')} | {_cr_cell(e, 'cold')} |" if with_cr else ""
-        ax = f" {_pm(e['axial'], e['axial_std'], 3)} |" if with_axial else ""
+        cr = f" {cr_cell(e, 'hot')} | {cr_cell(e, 'cold')} |" if with_cr else ""
+        ax = f" {plus_minus(e['axial'], e['axial_std'], 3)} |" if with_axial else ""
         lines.append(f"| {labels.get(e['method'], e['method'])} | {e['drf']:g} | {e['tracer']} | {e['n']} | "
-                     f"{_pm(e['psnr'], e['psnr_std'], 2)} | {_pm(e['ssim'], e['ssim_std'], 3)} | "
-                     f"{_pm(e['nrmse'], e['nrmse_std'], 3)} |{cr}{ax} {e['seconds']:.2f} |")
+                     f"{plus_minus(e['psnr'], e['psnr_std'], 2)} | {plus_minus(e['ssim'], e['ssim_std'], 3)} | "
+                     f"{plus_minus(e['nrmse'], e['nrmse_std'], 3)} |{cr}{ax} {e['seconds']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
