@@ -73,6 +73,11 @@ class DDIPConfig(PriorConfig):
         Also fine-tune the non-embedding biases (DDIP: yes).
     em_iterations : int
         Penalised-EM iterations per target (DDIP: 5).
+    final_em_iterations : int
+        Penalised-EM iterations (the same anchor weight ``beta``) from the last Tweedie estimate
+        ``x̂₀``, anchored at it, after sampling: the measured data restore what the network's
+        final estimate lost, e.g. the contrast of PET-only lesions an MR-conditioned network
+        smooths away. 0 (DDIP) returns ``x̂₀`` itself.
     beta : float
         Dimensionless anchor weight of the HQS step (DDIP: 0.01); see :meth:`DDIP.reconstruct`.
     eta : float
@@ -96,6 +101,17 @@ class DDIPConfig(PriorConfig):
         fits the data at least as well; the intensity scale then comes from a head mask of the PET
         start image, not of the MR. Needs ``mr_dropout > 0``. ``last_info["mr_guidance"]`` records
         the choice.
+    mr_disagreement : float, optional
+        Reconstruction, per-pixel guidance against PET-only lesions: where the MR-free and the
+        MR-guided Tweedie estimates ``x̂₀`` differ, after a Gaussian blur of ``mr_disagreement_px``
+        pixels (sigma), by ``d`` (normalised units, the head mean being ``target_mean``), the MR's
+        guidance weight is ``mr_guidance · exp(-½ (d / mr_disagreement)²)``: the MR sharpens the
+        anatomy both estimates agree on and steps aside where the data show what the MR does not
+        (a lesion). The blur cancels the antisymmetric difference at edges the MR sharpens and
+        keeps the one-signed difference of a lesion. ``None`` (default): one weight everywhere.
+        Needs ``mr_dropout > 0``; costs a second network evaluation per step.
+    mr_disagreement_px : float
+        The blur's sigma in pixels (default 1.5).
     seed : int
         Pretraining seed and the default reconstruction seed.
     """
@@ -129,6 +145,7 @@ class DDIPConfig(PriorConfig):
     lora_dropout: float = checked(0.0, _number(0.0, 1.0, max_open=True))
     train_biases: bool = True
     em_iterations: int = checked(2, _count(1))
+    final_em_iterations: int = checked(0, _count(0))
     beta: float = checked(0.01, _number())
     eta: float = checked(0.85, _number(0.0, 1.0))
     loss: str = checked("image", Choice(LOSSES))
@@ -137,6 +154,8 @@ class DDIPConfig(PriorConfig):
     mr_mismatch: float = checked(0.0, _number(0.0, 1.0))
     mr_guidance: float = checked(1.0, _number())
     mr_fallback: bool = False
+    mr_disagreement: float | None = checked(None, _number(min_open=True, optional=True))
+    mr_disagreement_px: float = checked(1.5, _number())
     seed: int = checked(0, _count(0))
 
     TINY = None  # set below (dataclass fields cannot default to instances of the class itself)
@@ -175,9 +194,10 @@ class DDIPConfig(PriorConfig):
             raise ValueError(f"mr_dropout + mr_mismatch must be <= 1, got {self.mr_dropout} + {self.mr_mismatch}")
         if (self.mr_dropout or self.mr_mismatch) and not self.conditional:
             raise ValueError("mr_dropout and mr_mismatch are for an MR-conditioned net (net.cond_channels > 0)")
-        if (self.mr_guidance != 1.0 or self.mr_fallback) and not self.mr_dropout > 0:
-            raise ValueError("mr_guidance != 1 and mr_fallback need a model pretrained with mr_dropout > 0 (the "
-                             "network must know the null condition)")
+        if (self.mr_guidance != 1.0 or self.mr_fallback or self.mr_disagreement is not None) and \
+                not self.mr_dropout > 0:
+            raise ValueError("mr_guidance != 1, mr_fallback and mr_disagreement need a model pretrained with "
+                             "mr_dropout > 0 (the network must know the null condition)")
 
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod

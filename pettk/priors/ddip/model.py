@@ -23,6 +23,7 @@ from .._checkpoint import load_prior, save_prior
 from ..base import ImagePrior, check_prior_inputs
 from .config import DDIPConfig, _int
 from .data import slab_indices
+from .guidance import mr_agreement_weight
 
 __all__ = ["DDIP"]
 
@@ -276,17 +277,23 @@ class DDIP(ImagePrior):
                 "trainable": sum(p.numel() for p in trainable), "losses": losses}
 
         guidance = cfg.mr_guidance
+        tau = cfg.mr_disagreement
 
         def predict(xs, t, conds, grad=False):
             def call(a, c):
                 tt = torch.full((a.shape[0],), int(t), dtype=torch.long, device=device)
-                if c is None or guidance == 1.0:
+                if c is None or (guidance == 1.0 and tau is None):
                     out = net(a, tt, c)
                 elif guidance == 0.0:
                     out = net(a, tt, torch.zeros_like(c))
                 else:                            # classifier-free guidance between no MR and the MR
                     free = net(a, tt, torch.zeros_like(c))
-                    out = free + guidance * (net(a, tt, c) - free)
+                    diff = net(a, tt, c)[:, :cfg.slices] - free[:, :cfg.slices]
+                    weight = guidance
+                    if tau is not None:          # per pixel: the MR steps aside where the estimates disagree
+                        weight = guidance * mr_agreement_weight(diff, int(t), tau, cfg.mr_disagreement_px,
+                                                                self.schedule, cfg.prediction)
+                    out = free[:, :cfg.slices] + weight * diff
                 return out[:, :cfg.slices] if out.shape[1] != cfg.slices else out
             ctx = torch.enable_grad() if grad else torch.no_grad()
             with ctx:
@@ -363,6 +370,11 @@ class DDIP(ImagePrior):
                 if callback is not None:
                     callback(i, t, to_image(x0))
             result = to_image(x0).detach()
+            if cfg.final_em_iterations:                  # the data decide what the last estimate lost
+                anchor = result.clamp_min(0.0)
+                result = anchor.clamp_min(1e-6 * float(anchor.max()) + 1e-12)
+                for _ in range(cfg.final_em_iterations):
+                    result = penalised_em_step(model, y_t, result, anchor, beta_abs, sens=sens)
         finally:
             if do_adapt:
                 _lora_dropout(net, False)

@@ -134,6 +134,27 @@ class PETDDS(ImagePrior):
         net, schedule, diffusion_config = load_image_diffusion(path, device=device)
         return cls(net, schedule, diffusion_config, config, dataset=dataset)
 
+    @classmethod
+    def from_ddip(cls, ddip, config: PETDDSConfig | None = None, *, dataset=None) -> PETDDS:
+        """PET-DDS on the pretrained network of a DDIP model (e.g. the shipped ``ddip-fdg-128``).
+
+        An MR-conditioned DDIP network pretrained with MR dropout (``mr_dropout > 0``) is an image
+        diffusion model with classifier-free MR guidance: PET-DDS samples with it, guided by
+        ``config.guidance`` (Singh et al.'s MR-guided PET-DDS); an unconditional one is used as is.
+        The network, noise schedule and prediction target are DDIP's; the network is shared, not
+        copied. DDIP normalises every training slice to a fixed head mean, so the intensity
+        reference (``reference_mean``: the median :func:`activity_level` of the normalised training
+        images) is measured on ``dataset`` (the DDIP's training data set folder, normalised the DDIP
+        way) unless ``config`` gives it.
+
+        Raises ``ValueError`` for a 2.5D DDIP (PET-DDS denoises single slices), for an MR-conditioned
+        network pretrained without MR dropout (it never learned the null condition, so it cannot be
+        guided) and when neither ``config.reference_mean`` nor ``dataset`` is given.
+        """
+        from .on_ddip import ddip_image_model
+
+        return cls(*ddip_image_model(ddip, config, dataset=dataset))
+
     def replace(self, **changes) -> PETDDS:
         """A PET-DDS sharing this network with some settings changed (e.g. ``prior.replace(samples=4)``)."""
         other = PETDDS.__new__(PETDDS)
