@@ -133,3 +133,24 @@ def test_mr_disagreement_is_checked_and_a_large_tau_is_plain_guidance(robust_unt
     err_free = float((torch.as_tensor(tight) - torch.as_tensor(free)).abs().mean())
     err_guided = float((torch.as_tensor(tight) - torch.as_tensor(guided)).abs().mean())
     assert err_free < err_guided
+
+
+def test_final_em_refinement_is_penalised_em_from_the_last_estimate(robust_untrained):
+    from pettk.diffusion.posterior import penalised_em_step
+    from pettk.likelihood import poisson_nll
+
+    act, mr, model, y = _scan("fdg", 3e4)
+    plain = torch.as_tensor(robust_untrained.reconstruct(model, y, mr=mr, seed=1, adapt=False))
+    beta_abs = robust_untrained.last_info["beta_abs"]
+    refined = torch.as_tensor(robust_untrained.replace(final_em_iterations=3).reconstruct(model, y, mr=mr, seed=1,
+                                                                                         adapt=False))
+    by_hand = plain.clamp_min(1e-6 * float(plain.max()) + 1e-12)
+    for _ in range(3):
+        by_hand = penalised_em_step(model, torch.as_tensor(y), by_hand, plain, beta_abs)
+    torch.testing.assert_close(refined, by_hand, rtol=1e-5, atol=1e-6 * float(plain.max()))
+    assert bool((refined >= 0).all())
+    y_t = torch.as_tensor(y)
+    nll = [float(poisson_nll(y_t, model.forward(x))) for x in (refined, plain)]
+    assert nll[0] < nll[1]                          # nearer the data
+    with pytest.raises(ValueError, match="final_em_iterations"):
+        ROBUST.replace(final_em_iterations=-1).validate()
