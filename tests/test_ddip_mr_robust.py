@@ -95,46 +95,6 @@ def test_guidance_zero_ignores_the_mr_and_the_fallback_chooses(robust_untrained)
         robust_untrained.replace(mr_dropout=0.0)
 
 
-def test_agreement_weight_keeps_edges_and_steps_aside_at_lesions():
-    from pettk.diffusion.schedules import NoiseSchedule
-    from pettk.priors.ddip.guidance import mr_agreement_weight as _agreement
-
-    schedule = NoiseSchedule.linear(1000)
-    edge = torch.zeros(1, 1, 32, 32)                # a sharper edge: + on one side, - on the other
-    edge[..., 15] = 0.3
-    edge[..., 16] = -0.3
-    blob = torch.zeros(1, 1, 32, 32)                # a lesion the MR-guided estimate lost: one sign
-    blob[..., 14:18, 14:18] = -0.3
-    w_edge = _agreement(edge, 50, 0.1, 1.5, schedule, "x0")
-    w_blob = _agreement(blob, 50, 0.1, 1.5, schedule, "x0")
-    assert float(w_edge.min()) > 0.75               # the MR keeps most of its say at the edge
-    assert float(w_blob[..., 15, 15]) < 0.25        # and little at the lesion's centre
-    assert float(w_blob[..., 0, 0]) == pytest.approx(1.0)
-    # an eps-network's difference is converted to Tweedie units: -sqrt((1 - abar) / abar) * d_eps
-    abar = float(schedule.alphas_cumprod[50])
-    eps = blob / -((1 - abar) / abar) ** 0.5
-    torch.testing.assert_close(_agreement(eps, 50, 0.1, 1.5, schedule, "eps"), w_blob)
-
-
-def test_mr_disagreement_is_checked_and_a_large_tau_is_plain_guidance(robust_untrained):
-    with pytest.raises(ValueError, match="need a model pretrained with mr_dropout > 0"):
-        DDIPConfig.TINY.replace(mr_disagreement=0.1).validate()
-    with pytest.raises(ValueError, match="mr_disagreement"):
-        ROBUST.replace(mr_disagreement=-0.1).validate()
-    act, mr, model, y = _scan("fdg", 3e4)
-    guided = robust_untrained.reconstruct(model, y, mr=mr, seed=1, adapt=False)
-    loose = robust_untrained.replace(mr_disagreement=1e6).reconstruct(model, y, mr=mr, seed=1, adapt=False)
-    torch.testing.assert_close(torch.as_tensor(loose), torch.as_tensor(guided), rtol=1e-4, atol=1e-4 * float(
-        torch.as_tensor(guided).max()))
-    tight = robust_untrained.replace(mr_disagreement=1e-4).reconstruct(model, y, mr=mr, seed=1, adapt=False)
-    free = robust_untrained.replace(mr_guidance=0.0).reconstruct(model, y, mr=mr, seed=1, adapt=False)
-    assert not torch.allclose(torch.as_tensor(tight), torch.as_tensor(guided))
-    # a tiny tau leaves the MR its say only where both estimates agree to 1e-4: close to no MR
-    err_free = float((torch.as_tensor(tight) - torch.as_tensor(free)).abs().mean())
-    err_guided = float((torch.as_tensor(tight) - torch.as_tensor(guided)).abs().mean())
-    assert err_free < err_guided
-
-
 def test_final_em_refinement_is_penalised_em_from_the_last_estimate(robust_untrained):
     from pettk.diffusion.posterior import penalised_em_step
     from pettk.likelihood import poisson_nll

@@ -101,17 +101,6 @@ class DDIPConfig(PriorConfig):
         fits the data at least as well; the intensity scale then comes from a head mask of the PET
         start image, not of the MR. Needs ``mr_dropout > 0``. ``last_info["mr_guidance"]`` records
         the choice.
-    mr_disagreement : float, optional
-        Reconstruction, per-pixel guidance against PET-only lesions: where the MR-free and the
-        MR-guided Tweedie estimates ``x̂₀`` differ, after a Gaussian blur of ``mr_disagreement_px``
-        pixels (sigma), by ``d`` (normalised units, the head mean being ``target_mean``), the MR's
-        guidance weight is ``mr_guidance · exp(-½ (d / mr_disagreement)²)``: the MR sharpens the
-        anatomy both estimates agree on and steps aside where the data show what the MR does not
-        (a lesion). The blur cancels the antisymmetric difference at edges the MR sharpens and
-        keeps the one-signed difference of a lesion. ``None`` (default): one weight everywhere.
-        Needs ``mr_dropout > 0``; costs a second network evaluation per step.
-    mr_disagreement_px : float
-        The blur's sigma in pixels (default 1.5).
     seed : int
         Pretraining seed and the default reconstruction seed.
     """
@@ -154,8 +143,6 @@ class DDIPConfig(PriorConfig):
     mr_mismatch: float = checked(0.0, _number(0.0, 1.0))
     mr_guidance: float = checked(1.0, _number())
     mr_fallback: bool = False
-    mr_disagreement: float | None = checked(None, _number(min_open=True, optional=True))
-    mr_disagreement_px: float = checked(1.5, _number())
     seed: int = checked(0, _count(0))
 
     TINY = None  # set below (dataclass fields cannot default to instances of the class itself)
@@ -194,10 +181,9 @@ class DDIPConfig(PriorConfig):
             raise ValueError(f"mr_dropout + mr_mismatch must be <= 1, got {self.mr_dropout} + {self.mr_mismatch}")
         if (self.mr_dropout or self.mr_mismatch) and not self.conditional:
             raise ValueError("mr_dropout and mr_mismatch are for an MR-conditioned net (net.cond_channels > 0)")
-        if (self.mr_guidance != 1.0 or self.mr_fallback or self.mr_disagreement is not None) and \
-                not self.mr_dropout > 0:
-            raise ValueError("mr_guidance != 1, mr_fallback and mr_disagreement need a model pretrained with "
-                             "mr_dropout > 0 (the network must know the null condition)")
+        if (self.mr_guidance != 1.0 or self.mr_fallback) and not self.mr_dropout > 0:
+            raise ValueError("mr_guidance != 1 and mr_fallback need a model pretrained with mr_dropout > 0 (the "
+                             "network must know the null condition)")
 
     # -- (de)serialisation ------------------------------------------------------------------------
     @classmethod

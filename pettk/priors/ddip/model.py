@@ -23,7 +23,6 @@ from .._checkpoint import load_prior, save_prior
 from ..base import ImagePrior, check_prior_inputs
 from .config import DDIPConfig, _int
 from .data import slab_indices
-from .guidance import mr_agreement_weight
 
 __all__ = ["DDIP"]
 
@@ -277,23 +276,17 @@ class DDIP(ImagePrior):
                 "trainable": sum(p.numel() for p in trainable), "losses": losses}
 
         guidance = cfg.mr_guidance
-        tau = cfg.mr_disagreement
 
         def predict(xs, t, conds, grad=False):
             def call(a, c):
                 tt = torch.full((a.shape[0],), int(t), dtype=torch.long, device=device)
-                if c is None or (guidance == 1.0 and tau is None):
+                if c is None or guidance == 1.0:
                     out = net(a, tt, c)
                 elif guidance == 0.0:
                     out = net(a, tt, torch.zeros_like(c))
                 else:                            # classifier-free guidance between no MR and the MR
                     free = net(a, tt, torch.zeros_like(c))
-                    diff = net(a, tt, c)[:, :cfg.slices] - free[:, :cfg.slices]
-                    weight = guidance
-                    if tau is not None:          # per pixel: the MR steps aside where the estimates disagree
-                        weight = guidance * mr_agreement_weight(diff, int(t), tau, cfg.mr_disagreement_px,
-                                                                self.schedule, cfg.prediction)
-                    out = free[:, :cfg.slices] + weight * diff
+                    out = free + guidance * (net(a, tt, c) - free)
                 return out[:, :cfg.slices] if out.shape[1] != cfg.slices else out
             ctx = torch.enable_grad() if grad else torch.no_grad()
             with ctx:
