@@ -13,7 +13,7 @@ from pettk.geometry import ImageGrid, ParallelBeam2D, preset
 from pettk.metrics import psnr
 from pettk.physics import ForwardModel
 from pettk.priors.base import ImagePrior
-from pettk.priors.ddip import DDIP, DDIPConfig, DDIPImages, phantom_training_images, slab_indices, train_ddip
+from pettk.priors.ddip import DDIP, DDIPConfig, DDIPImages, slab_indices, train_ddip
 from pettk.projector import Projector
 from pettk.recon import em_step, mlem
 from pettk.recon._common import SENSITIVITY_FLOOR
@@ -282,9 +282,12 @@ def test_training_slabs_and_dataset_folder(tmp_path):
 # A tiny pretrained model (FDG-like) on an out-of-distribution (amyloid-like) slice
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def pretrained():
-    data = phantom_training_images(TEST_CONFIG, n_subjects=16, slices_per_subject=5, slice_range_mm=60.0, seed=0)
-    return train_ddip(TEST_CONFIG, data)
+def pretrained(ddip_tiny_pretrained):
+    """TEST_CONFIG pretrained on 16 FDG-like subjects x 5 slices (seed 0): the session's model, trained
+    once by examples/plot_ddip.py's recipe (conftest.ddip_tiny_pretrained) for this file and the example."""
+    prior, _ = ddip_tiny_pretrained
+    assert prior.config == TEST_CONFIG and len(prior.history["loss"]) == TEST_CONFIG.train_steps
+    return prior
 
 
 @pytest.fixture(scope="module")

@@ -24,13 +24,22 @@ def _missing_requirement(script: Path) -> str | None:
     return None
 
 
+#: Examples whose fast mode trains exactly a model a session fixture already trains with the
+#: example's own code (see conftest.py): the example gets the saved model through its environment
+#: variable instead of training it a second time.
+SHARED_MODELS = {"plot_ddip": ("ddip_tiny_pretrained", "PETTK_DDIP_MODEL")}
+
+
 @pytest.mark.parametrize("script", EXAMPLES, ids=[p.stem for p in EXAMPLES])
-def test_example_writes_its_figure(script, tmp_path):
+def test_example_writes_its_figure(script, tmp_path, request):
     missing = _missing_requirement(script)
     if missing:
         pytest.skip(f"{script.name} needs the optional {missing}")
     out = tmp_path / f"{script.stem}.png"
     env = dict(os.environ, PETTK_FAST="1")
+    if script.stem in SHARED_MODELS:
+        fixture, variable = SHARED_MODELS[script.stem]
+        env[variable] = str(request.getfixturevalue(fixture)[1])
     result = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, timeout=600,
                             env=env)
     assert result.returncode == 0, result.stderr[-3000:]
