@@ -160,7 +160,9 @@ def test_ddp_two_processes_match_single_process(tmp_path):
 
 def test_tiny_unet_learns_phantom_slices():
     """A tiny U-Net trained for a few hundred steps on 32×32 brain slices: the loss halves and
-    DDIM samples have the data's mean intensity (within 20 %)."""
+    DDIM samples have the data's mean intensity (within 20 %). Batches of 8 instead of the TINY
+    preset's 16 halve the cost (400 steps either way; measured: loss ratio 0.041 vs 0.040, mean
+    error 11 % vs 10 %; 200 steps of 16 are not enough, 73 %)."""
     import pettk
     from pettk.diffusion import image_model
     from pettk.diffusion.samplers import ddim_sample
@@ -182,7 +184,8 @@ def test_tiny_unet_learns_phantom_slices():
         def __getitem__(self, i):
             return {"x": data[i].unsqueeze(0)}
 
-    config = image_model.merge_config(image_model.TINY, {"train": {"checkpoint_every": 0}})  # 400 steps
+    # the TINY preset's 400 steps, in batches of 8
+    config = image_model.merge_config(image_model.TINY, {"train": {"checkpoint_every": 0, "batch_size": 8}})
     torch.manual_seed(0)
     model, schedule, trainer = image_model.train_image_diffusion(config, None, dataset=Slices(), progress=False)
     losses = trainer.history.loss
