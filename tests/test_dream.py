@@ -28,7 +28,7 @@ from pettk.priors.dream import (
     random_crop,
     train_dream,
 )
-from pettk.sim.datasets import DatasetConfig, SliceDataset, build_dataset
+from pettk.sim.datasets import SliceDataset
 
 DRF = 20.0
 SHAPE = (32, 49)  # the parallel-beam sinogram of a 32² image: 32 views × 49 radial bins
@@ -322,13 +322,11 @@ def test_save_load_roundtrip(untrained, tmp_path):
 # Tiny training (trained once per module) and the ablations
 # ---------------------------------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def tiny_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("dream_data")
-    cfg = DatasetConfig(n_subjects=8, slices_per_subject=3, image_size=32, geometry="parallel", drfs=(DRF,),
-                        counts_per_slice=2e4, reference_counts_factor=1.0, reference_iterations=1,
-                        reference_subsets=2, split=(None, 1, 2), seed=0)
-    build_dataset(root, cfg, progress=False)
-    return root
+def tiny_data(restorer_data):
+    """8 subjects x 3 slices of 32² parallel-beam data at DRF 20 (conftest.restorer_data, shared with
+    test_red/test_dream, which build the same set)."""
+    assert DRF == 20.0
+    return restorer_data
 
 
 @pytest.fixture(scope="module")
