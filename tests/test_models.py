@@ -25,18 +25,21 @@ CARD_SECTIONS = ("## Training data", "## Configuration", "## Training", "## Hard
 
 def test_every_registered_model_ships_with_config_and_card():
     assert pettk.models.available() == NAMES
-    total = 0
+    files = set()
     for name in NAMES:
         weights = pettk.models.path_of(name)
-        config = weights.with_suffix(".json")
+        config = pettk.models.config_path(name)
         assert config.is_file(), f"{name}: no configuration {config.name}"
         assert isinstance(json.loads(config.read_text()), dict)
         card = pettk.models.card(name)
         for section in CARD_SECTIONS:
             assert section in card, f"{name}: model card lacks {section!r}"
         assert "pettk train" in card, f"{name}: the card must give the training command"
-        total += weights.stat().st_size + config.stat().st_size
+        files |= {weights, config}                 # a derived model shares its base's weights
+    total = sum(f.stat().st_size for f in files)
     assert total <= 25 * 2**20, f"shipped models take {total / 2**20:.1f} MiB > 25 MiB"
+    for name, base in pettk.models.DERIVED.items():
+        assert pettk.models.path_of(name) == pettk.models.path_of(base) and base in NAMES
 
 
 def test_unknown_model_names_are_refused():

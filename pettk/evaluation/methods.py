@@ -46,7 +46,7 @@ METHODS = CLASSICAL + LEARNED
 
 #: The shipped model each learned method uses unless a checkpoint is given.
 DEFAULT_MODELS = {"red": "red-drf20", "dream": "dream-drf20", "ddip": "ddip-fdg", "legopet": "legopet",
-                  "pet-dds": "pet-dds"}
+                  "pet-dds": "pet-dds-mr"}
 
 
 @dataclass

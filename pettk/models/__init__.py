@@ -2,7 +2,10 @@
 
 Each model is ``<name>.safetensors`` (weights) + ``<name>.json`` (configuration, written by the
 prior's ``save``) + ``<name>.md`` (model card: data, configuration, steps, hardware, training time,
-held-out metrics), trained by pettk's own training commands on pettk's simulator.
+held-out metrics), trained by pettk's own training commands on pettk's simulator. A *derived*
+model (:data:`DERIVED`) has no weights of its own: its ``<name>.json`` holds the settings of a
+method run on another shipped model's network (e.g. ``pet-dds-mr``: PET-DDS with MR guidance on
+``ddip-fdg-128``'s MR-conditioned U-Net), so one network is shipped once.
 
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
@@ -17,13 +20,18 @@ from __future__ import annotations
 import importlib
 from pathlib import Path
 
-__all__ = ["REGISTRY", "LOADERS", "available", "path_of", "card", "load", "load_checkpoint_for"]
+__all__ = ["REGISTRY", "LOADERS", "DERIVED", "available", "path_of", "config_path", "card", "load",
+           "load_checkpoint_for"]
 
 _HERE = Path(__file__).resolve().parent
 
 #: Shipped model name → the method it belongs to.
 REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet",
-            "ddip-fdg-128": "ddip", "pet-dds": "pet-dds"}
+            "ddip-fdg-128": "ddip", "pet-dds": "pet-dds", "pet-dds-mr": "pet-dds"}
+
+#: Derived model → the shipped model whose network it runs (PET-DDS on a DDIP network, see
+#: :meth:`pettk.priors.PETDDS.from_ddip`).
+DERIVED = {"pet-dds-mr": "ddip-fdg-128"}
 
 #: Method → ``(module, class)`` whose ``load(path, device)`` reads its checkpoints.
 LOADERS = {"red": ("pettk.priors.red", "RED"), "dream": ("pettk.priors.dream", "DREAM"),
@@ -31,21 +39,30 @@ LOADERS = {"red": ("pettk.priors.red", "RED"), "dream": ("pettk.priors.dream", "
            "pet-dds": ("pettk.priors.petdds", "PETDDS")}
 
 
-def path_of(name: str) -> Path:
-    """The weights file of the shipped model ``name``."""
+def _known(name: str) -> str:
     if name not in REGISTRY:
         raise ValueError(f"unknown model {name!r}; pettk ships {', '.join(sorted(REGISTRY))}")
-    return _HERE / f"{name}.safetensors"
+    return name
+
+
+def path_of(name: str) -> Path:
+    """The weights file of the shipped model ``name`` (of a derived model: its base model's)."""
+    return _HERE / f"{DERIVED.get(_known(name), name)}.safetensors"
+
+
+def config_path(name: str) -> Path:
+    """The JSON configuration of the shipped model ``name`` (of a derived model: its own settings)."""
+    return _HERE / f"{_known(name)}.json"
 
 
 def available() -> list[str]:
-    """Names of the shipped models whose weights are present in this installation."""
-    return sorted(n for n in REGISTRY if path_of(n).is_file())
+    """Names of the shipped models whose weights (and, for a derived model, settings) are present."""
+    return sorted(n for n in REGISTRY if path_of(n).is_file() and (n not in DERIVED or config_path(n).is_file()))
 
 
 def card(name: str) -> str:
     """The model card (Markdown) of the shipped model ``name``."""
-    path = path_of(name).with_suffix(".md")
+    path = _HERE / f"{_known(name)}.md"
     if not path.is_file():
         raise FileNotFoundError(f"model {name!r} has no card at {path}")
     return path.read_text()
@@ -67,7 +84,22 @@ def load_checkpoint_for(method: str, path, device="cpu"):
 def load(name: str, device="cpu"):
     """Load the shipped model ``name`` (see :func:`available`) onto ``device``."""
     path = path_of(name)
-    if not path.is_file():
-        raise FileNotFoundError(f"model {name!r} is not in this installation ({path} is missing); "
-                                f"available: {', '.join(available()) or 'none'}")
+    for needed in (path, config_path(name)):
+        if not needed.is_file():
+            raise FileNotFoundError(f"model {name!r} is not in this installation ({needed} is missing); "
+                                    f"available: {', '.join(available()) or 'none'}")
+    if name in DERIVED:
+        return _load_derived(name, device)
     return load_checkpoint_for(REGISTRY[name], path, device=device)
+
+
+def _load_derived(name: str, device):
+    """A derived model: PET-DDS with its settings (``<name>.json``) on its base DDIP's network."""
+    import json
+
+    from ..priors.petdds import PETDDS, PETDDSConfig
+
+    meta = json.loads(config_path(name).read_text())
+    if meta.get("method") != "PET-DDS" or meta.get("network_of") != DERIVED[name]:
+        raise ValueError(f"{config_path(name)} is not the settings of PET-DDS on {DERIVED[name]}'s network")
+    return PETDDS.from_ddip(load(DERIVED[name], device=device), PETDDSConfig.from_dict(meta["petdds_config"]))
