@@ -1,7 +1,8 @@
 """The default models shipped in ``pettk.models``: present, documented, loadable, and working.
 
-Every registered model must ship (weights + JSON configuration + model card), the four together
-within the 25 MB budget, and run one inference on a held-out simulated slice at DRF 20 through the
+Every registered model must ship (weights + JSON configuration + model card), each weights file
+within 25 MB and all of them within 40 MiB (the package stays a quick install), and run one
+inference on a held-out simulated slice at DRF 20 through the
 same runner ``pettk demo`` uses, giving a finite image on the truth's grid that is closer to the
 truth than the trivial baseline (a uniform image with the truth's mean activity).
 """
@@ -36,8 +37,9 @@ def test_every_registered_model_ships_with_config_and_card():
             assert section in card, f"{name}: model card lacks {section!r}"
         assert "pettk train" in card, f"{name}: the card must give the training command"
         files |= {weights, config}                 # a derived model shares its base's weights
+        assert weights.stat().st_size <= 25 * 10**6, f"{name}: weights over 25 MB"
     total = sum(f.stat().st_size for f in files)
-    assert total <= 25 * 2**20, f"shipped models take {total / 2**20:.1f} MiB > 25 MiB"
+    assert total <= 40 * 2**20, f"shipped models take {total / 2**20:.1f} MiB > 40 MiB"
     for name, base in pettk.models.DERIVED.items():
         assert pettk.models.path_of(name) == pettk.models.path_of(base) and base in NAMES
 
@@ -63,7 +65,9 @@ def _image_size(model) -> int:
         return int(model.config.image_size[0])
     if isinstance(model, DDIP):                                   # its U-Net's natural size
         return int(model.config.net.image_size[0])
-    return 64                                                     # the restorers and LegoPET: 64² data
+    if tuple(getattr(model, "sinogram_shape", ()) or ()) == (224, 129):   # a restorer of the mmr-like plane
+        return 128
+    return 64                                                     # the other restorers and LegoPET: 64² data
 
 
 @pytest.fixture(scope="module")
