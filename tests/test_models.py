@@ -2,11 +2,12 @@
 
 Every registered model must ship (weights + JSON configuration + model card), each weights file
 within 25 MB and all of them within 40 MiB (the package stays a quick install), and run one
-inference on a held-out simulated slice at DRF 20 through the
+inference on a held-out simulated slice at DRF 20 (a restorer: at its own DRF) through the
 same runner ``pettk demo`` uses, giving a finite image on the truth's grid that is closer to the
 truth than the trivial baseline (a uniform image with the truth's mean activity).
 """
 
+import dataclasses
 import json
 
 import numpy as np
@@ -74,13 +75,14 @@ def _image_size(model) -> int:
 def heldout_cases(tmp_path_factory):
     cases = {}
 
-    def case_for(size: int):
-        if size not in cases:
-            datasets = build_heldout(tmp_path_factory.mktemp(f"models-heldout-{size}"), HELDOUT[size])
-            ((drf, _, case),) = evaluation_cases(datasets, torch.device("cpu"))
-            assert drf == 20.0
-            cases[size] = case
-        return cases[size]
+    def case_for(size: int, drf: float = 20.0):
+        if (size, drf) not in cases:
+            data = dataclasses.replace(HELDOUT[size], drfs=(drf,))
+            datasets = build_heldout(tmp_path_factory.mktemp(f"models-heldout-{size}"), data)
+            ((got, _, case),) = evaluation_cases(datasets, torch.device("cpu"))
+            assert got == drf
+            cases[size, drf] = case
+        return cases[size, drf]
 
     return case_for
 
@@ -89,9 +91,10 @@ def heldout_cases(tmp_path_factory):
 def test_shipped_model_loads_and_reconstructs_a_heldout_slice(name, heldout_cases):
     model = pettk.models.load(name)
     method = pettk.models.REGISTRY[name]
-    heldout_case = heldout_cases(_image_size(model))
+    drf = float(getattr(model.config, "drf", 20.0))               # a restorer is for one DRF
+    heldout_case = heldout_cases(_image_size(model), drf)
     assert model.config.to_dict() == type(model.config).from_dict(model.config.to_dict()).to_dict()
-    image = make_runner(method, model, TUNED[20.0])(heldout_case)
+    image = make_runner(method, model, TUNED[drf])(heldout_case)
     image = np.asarray(image.detach() if isinstance(image, torch.Tensor) else image, dtype=np.float64)
     truth = heldout_case.truth.numpy().astype(np.float64)
     assert image.shape == truth.shape == heldout_case.grid.shape

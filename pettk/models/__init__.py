@@ -27,7 +27,8 @@ _HERE = Path(__file__).resolve().parent
 
 #: Shipped model name → the method it belongs to.
 REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet",
-            "ddip-fdg-128": "ddip", "pet-dds": "pet-dds", "pet-dds-mr": "pet-dds", "dream-drf20-128": "dream"}
+            "ddip-fdg-128": "ddip", "pet-dds": "pet-dds", "pet-dds-mr": "pet-dds", "dream-drf20-128": "dream",
+            "dream-drf100-128": "dream"}
 
 #: Derived model → the shipped model whose network it runs (PET-DDS on a DDIP network, see
 #: :meth:`pettk.priors.PETDDS.from_ddip`).
