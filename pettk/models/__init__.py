@@ -9,7 +9,8 @@ method run on another shipped model's network (e.g. ``pet-dds-mr``: PET-DDS with
 
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
-['ddip-fdg', 'ddip-fdg-128', 'dream-drf20', 'legopet', 'pet-dds', 'red-drf20']
+['ddip-fdg', 'ddip-fdg-128', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet', 'pet-dds',
+ 'pet-dds-mr', 'red-drf20']
 >>> red = pettk.models.load("red-drf20")   # doctest: +SKIP
 
 :func:`load_checkpoint_for` loads a user checkpoint of a given method the same way.
