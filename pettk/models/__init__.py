@@ -19,6 +19,7 @@ method run on another shipped model's network (e.g. ``pet-dds-mr``: PET-DDS with
 from __future__ import annotations
 
 import importlib
+import json
 from pathlib import Path
 
 __all__ = ["REGISTRY", "LOADERS", "DERIVED", "available", "path_of", "config_path", "card", "load",
@@ -97,8 +98,6 @@ def load(name: str, device="cpu"):
 
 def _load_derived(name: str, device):
     """A derived model: PET-DDS with its settings (``<name>.json``) on its base DDIP's network."""
-    import json
-
     from ..priors.petdds import PETDDS, PETDDSConfig
 
     meta = json.loads(config_path(name).read_text())
