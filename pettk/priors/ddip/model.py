@@ -297,12 +297,14 @@ class DDIP(ImagePrior):
                          for k in range(0, xs.shape[0], chunk_size)]
                 return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
 
-        def pem_target(x0_all):                  # penalised EM anchored at x̂₀ (activity), → (nz, C, H, W)
-            anchor = to_image(x0_all.clamp(0.0, 1.0))
-            floor = 1e-6 * float(anchor.max()) + 1e-12
-            a = anchor.clamp_min(floor)
-            for _ in range(cfg.em_iterations):
+        def penalised_em(anchor, iterations):   # from and anchored at anchor (activity >= 0, shape_in)
+            a = anchor.clamp_min(1e-6 * float(anchor.max()) + 1e-12)
+            for _ in range(iterations):
                 a = penalised_em_step(model, y_t, a, anchor, beta_abs, sens=sens)
+            return a
+
+        def pem_target(x0_all):                  # penalised EM anchored at x̂₀ (activity), → (nz, C, H, W)
+            a = penalised_em(to_image(x0_all.clamp(0.0, 1.0)), cfg.em_iterations)
             a_vol = a.permute(2, 0, 1) if three_d else a[None]
             return slabs(a_vol)
 
@@ -362,12 +364,9 @@ class DDIP(ImagePrior):
                 x = ddim_step(self.schedule, t, t_next, x0, eps, cfg.eta, generator=gen, eta_form="ddip")
                 if callback is not None:
                     callback(i, t, to_image(x0))
-            result = to_image(x0).detach()
+            result = to_image(x0).detach()               # x0 is clamped to [0, 1]: result >= 0
             if cfg.final_em_iterations:                  # the data decide what the last estimate lost
-                anchor = result.clamp_min(0.0)
-                result = anchor.clamp_min(1e-6 * float(anchor.max()) + 1e-12)
-                for _ in range(cfg.final_em_iterations):
-                    result = penalised_em_step(model, y_t, result, anchor, beta_abs, sens=sens)
+                result = penalised_em(result, cfg.final_em_iterations)
         finally:
             if do_adapt:
                 _lora_dropout(net, False)
