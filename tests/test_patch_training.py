@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pettk.diffusion import image_model
-from pettk.diffusion.train import random_crops
+from pettk.diffusion.train import random_crops, random_flips
 
 
 def _recording_loss(seen):
@@ -38,6 +38,25 @@ def test_random_crops_reject_bad_sizes():
         random_crops(_recording_loss([]), 4.5)
     with pytest.raises(ValueError, match="larger than the training images"):
         random_crops(_recording_loss([]), 32)(None, {"x": torch.zeros(2, 1, 16, 16)}, torch.Generator(), slice(None))
+
+
+def test_random_flips_reverse_both_axes_of_the_same_samples_in_every_key():
+    ramp = torch.arange(6 * 5, dtype=torch.float32).reshape(6, 5)
+    low = torch.stack([ramp + 100 * k for k in range(64)])
+    batch = {"low": low, "full": -low}
+    seen = []
+    flips = random_flips(_recording_loss(seen), keys=("low", "full"))
+    flips(None, batch, torch.Generator().manual_seed(1), slice(None))
+    out = seen[0]["low"]
+    torch.testing.assert_close(seen[0]["full"], -out)          # the same samples flipped in both keys
+    flipped = [k for k in range(64) if not torch.equal(out[k], low[k])]
+    for k in range(64):
+        torch.testing.assert_close(out[k], low[k].flip(-2, -1) if k in flipped else low[k])
+    assert 16 <= len(flipped) <= 48                            # about half (binomial(64, 1/2))
+    again = []
+    flips = random_flips(_recording_loss(again), keys=("low", "full"))
+    flips(None, batch, torch.Generator().manual_seed(1), slice(None))
+    torch.testing.assert_close(again[0]["low"], out)           # drawn from the trainer's generator
 
 
 def _tiny(steps=30, **data):

@@ -39,7 +39,7 @@ from .._version import __version__
 from ..io.atomic import atomic_path
 from ..io.errors import FileFormatError, existing_file, reading
 
-__all__ = ["TrainConfig", "Trainer", "EMA", "diffusion_loss", "random_crops", "collate"]
+__all__ = ["TrainConfig", "Trainer", "EMA", "diffusion_loss", "random_crops", "random_flips", "collate"]
 
 
 @dataclass
@@ -207,6 +207,28 @@ def random_crops(loss_fn: Callable, size: int, keys: tuple[str, ...] = ("x", "co
         for k in present:
             cropped[k] = torch.stack([v[..., i:i + size, j:j + size] for v, i, j in zip(batch[k], top, left)])
         return loss_fn(model, cropped, generator, part)
+
+    return loss
+
+
+def random_flips(loss_fn: Callable, keys: tuple[str, ...] = ("x", "cond")) -> Callable:
+    """Wrap a training loss so that a random half of the samples have both of their last two axes
+    reversed (the same for every entry of ``keys`` present in the batch). On a centred sinogram
+    ``(n_views, n_radial)`` over 180° this is the sinogram of the object mirrored across the first
+    view's direction and rotated by one view step, so a restorer sees twice the anatomy. The flips are drawn for
+    the global batch from the trainer's generator, so a resumed run repeats them.
+    """
+
+    def loss(model, batch, generator, part):
+        present = [k for k in keys if isinstance(batch.get(k), torch.Tensor)]
+        first = batch[present[0]]
+        flip = torch.rand(first.shape[0], generator=generator) < 0.5
+        flipped = dict(batch)
+        for k in present:
+            v = batch[k]
+            mask = flip.to(v.device).reshape((-1,) + (1,) * (v.ndim - 1))
+            flipped[k] = torch.where(mask, v.flip(-2, -1), v)
+        return loss_fn(model, flipped, generator, part)
 
     return loss
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from ...diffusion.chunks import TrainingBudget
-from ...diffusion.train import Trainer
+from ...diffusion.train import Trainer, random_crops, random_flips
 from .._data import sinogram_pairs
 from .config import REDConfig
 from .losses import dcn_loss, ren_loss
@@ -37,6 +37,15 @@ class _Pairs(torch.utils.data.Dataset):
 
 def _training_pairs(config: REDConfig, dataset):
     return _Pairs(sinogram_pairs(dataset, config.drf, "red", "RED"))
+
+
+def _windowed(loss_fn, config: REDConfig):
+    """``loss_fn`` on random flips (``config.augment``) and crops (``config.crop_size``) of the pairs."""
+    if config.crop_size is not None:
+        loss_fn = random_crops(loss_fn, config.crop_size, keys=("low", "full"))
+    if config.augment:
+        loss_fn = random_flips(loss_fn, keys=("low", "full"))
+    return loss_fn
 
 
 def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, device=None, *,
@@ -72,6 +81,8 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
     budget = TrainingBudget(time_limit_s, out_dir, resume)
     pairs = _training_pairs(config, dataset)
     shape = tuple(pairs.low.shape[-2:])
+    if config.crop_size is not None and config.crop_size > min(shape):
+        raise ValueError(f"crop_size={config.crop_size} is larger than the training sinograms {shape}")
     device = torch.device(device) if device is not None else torch.device("cpu")
     schedule = ResidualSchedule(config.T)
     out = None if out_dir is None else Path(out_dir)
@@ -79,7 +90,8 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
 
     torch.manual_seed(config.seed)
     ren = config.net.build().to(device)
-    trainer = Trainer(ren, ren_loss(schedule, config.lambda_ssim), pairs, config.train_config("ren"),
+    trainer = Trainer(ren, _windowed(ren_loss(schedule, config.lambda_ssim), config), pairs,
+                      config.train_config("ren"),
                       out_dir=None if out is None else out / "ren", device=device, model_config=meta,
                       progress=progress)
     budget.fit(trainer, "ren")
@@ -90,7 +102,8 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
     if config.dcn_steps > 0:
         torch.manual_seed(config.seed + 1)
         dcn = config.net.build().to(device)
-        trainer = Trainer(dcn, dcn_loss(schedule, ren, config.r_max), pairs, config.train_config("dcn"),
+        trainer = Trainer(dcn, _windowed(dcn_loss(schedule, ren, config.r_max), config), pairs,
+                          config.train_config("dcn"),
                           out_dir=None if out is None else out / "dcn", device=device, model_config=meta,
                           progress=progress)
         budget.fit(trainer, "dcn")
