@@ -79,6 +79,10 @@ class DREAMConfig(PriorConfig):
         Default for rescaling the restored sinogram to the total of ``DRF·y_low``.
     drf : float
         The dose-reduction factor this model is for (one model per DRF).
+    checkpoint_every : int
+        Optimiser steps between periodic trainer checkpoints of a stage (0: only at the end of a
+        stage or chunk), so that a process killed without warning (SIGKILL) loses at most this many
+        steps; ``resume=True`` continues from the last one. No effect on the training result.
     seed : int
     """
 
@@ -117,6 +121,7 @@ class DREAMConfig(PriorConfig):
     n_draws: int = checked(1, Int(1))
     rescale_counts: bool = False
     drf: float = checked(20.0, Real(1.0))
+    checkpoint_every: int = checked(200, Int(0))
     seed: int = 0
 
     TINY = None  # set below (dataclass fields cannot default to instances of the class itself)
@@ -190,6 +195,7 @@ class DREAMConfig(PriorConfig):
                                  warmup_steps=self.warmup_steps, min_lr_ratio=self.min_lr_ratio,
                                  ema_decay=self.ema_decay, grad_clip=self.grad_clip,
                                  seed=self.seed + {"s1": 0, "s2a": 1, "s2b": 2}[stage], log_every=10,
+                                 checkpoint_every=self.checkpoint_every,
                                  dream_stage=stage, paper_schedule=self.lr_schedule == "paper")
 
 
@@ -231,11 +237,11 @@ class _DREAMTrainConfig(TrainConfig):
 DREAMConfig.TINY = DREAMConfig()
 DREAMConfig.GPU = DREAMConfig(net=DREAM_GPU, cell_size=16, crop_sizes=(64, 128, 192), batch_sizes=(16, 8, 8),
                               curriculum=(0.4, 0.3, 0.3), s1_steps=15_000, s2a_steps=3_000, s2b_steps=12_000,
-                              lr=2e-4, ema_decay=0.999, min_lr_ratio=0.005)
+                              lr=2e-4, ema_decay=0.999, min_lr_ratio=0.005, checkpoint_every=1000)
 DREAMConfig.FULL = DREAMConfig(net=DREAM_FULL, cell_size=16, crop_sizes=(64, 128, 192, 256),
                                batch_sizes=(8, 4, 2, 2), curriculum=(0.3, 0.25, 0.25, 0.2), s1_steps=400_000,
                                s2a_steps=100_000, s2b_steps=300_000, lr=2e-4, lr_schedule="paper",
-                               ema_decay=0.999, grad_clip=None)
+                               ema_decay=0.999, grad_clip=None, checkpoint_every=5000)
 
 
 def count_parameters(config: DREAMConfig | DREAMNetsConfig) -> dict:

@@ -79,6 +79,10 @@ class LegoPETConfig(PriorConfig):
     cdpm_steps, cdpm_lr : cDPM optimiser steps and learning rate.
     batch_size, weight_decay, ema_decay, grad_clip, lr_schedule, warmup_steps :
         Passed to :class:`~pettk.diffusion.train.TrainConfig` (AdamW; weight decay 0 is Adam).
+    checkpoint_every : int
+        Optimiser steps between periodic trainer checkpoints of a stage (0: only at the end of a
+        stage or chunk), so that a process killed without warning (SIGKILL) loses at most this many
+        steps; ``resume=True`` continues from the last one. No effect on the training result.
     seed : int
         Initialisation, batches and noise in training (PnPNet ``seed``, cDPM ``seed + 1``) and the
         default sampling seed.
@@ -116,6 +120,7 @@ class LegoPETConfig(PriorConfig):
     grad_clip: float | None = 1.0  # checked by TrainConfig (_check)
     lr_schedule: str = "cosine"  # idem
     warmup_steps: int = 20  # idem
+    checkpoint_every: int = checked(200, Int(0))
     seed: int = checked(0, Int())
 
     TINY = None  # set below (a dataclass field cannot default to an instance of its own class)
@@ -159,7 +164,8 @@ class LegoPETConfig(PriorConfig):
         return TrainConfig(steps=max(int(steps), 1), batch_size=self.batch_size, lr=float(lr),
                            weight_decay=float(self.weight_decay), lr_schedule=self.lr_schedule,
                            warmup_steps=self.warmup_steps, ema_decay=float(self.ema_decay), grad_clip=self.grad_clip,
-                           seed=self.seed + (0 if stage == "pnpnet" else 1), log_every=10)
+                           seed=self.seed + (0 if stage == "pnpnet" else 1), log_every=10,
+                           checkpoint_every=self.checkpoint_every)
 
 
 #: CPU tests (§5.6 tiny): 32² canvas, 16 channels, T = 100, DDIM 20 steps, 400 PnPNet + 1500 cDPM
@@ -174,11 +180,12 @@ LegoPETConfig.TINY = LegoPETConfig()
 #: GPU-practical: 128² canvas (4 levels, 64–128 channels, 8.95 M), T = 1000, 5k + 20k iterations, DDIM 50.
 LegoPETConfig.GPU = LegoPETConfig(net=LEGOPET_GPU, T=1000, prediction="eps", sampling_steps=50, target="reference",
                                   pnpnet_steps=5000, pnpnet_lr=1e-4, cdpm_steps=20_000, cdpm_lr=1e-4, batch_size=16,
-                                  ema_decay=0.999, lr_schedule="constant", warmup_steps=500)
+                                  ema_decay=0.999, lr_schedule="constant", warmup_steps=500,
+                                  checkpoint_every=1000)
 #: The paper: 256² canvas, 35.7 M per network, T = 1000 with DDPM sampling, Adam 3e-5 for the PnPNet
 #: over 119 epochs and batch 4 over 500 epochs for the cDPM (4675 training slices: 1169 steps per
 #: epoch). The cDPM's learning rate and EMA are not given: DDPM's 256² settings (2e-5, 0.9999).
 LegoPETConfig.FULL = LegoPETConfig(net=LEGOPET_FULL, T=1000, prediction="eps", sampler="ddpm", sampling_steps=1000,
                                    target="reference", pnpnet_steps=119 * 1169, pnpnet_lr=3e-5,
                                    cdpm_steps=500 * 1169, cdpm_lr=2e-5, batch_size=4, ema_decay=0.9999,
-                                   lr_schedule="constant", warmup_steps=0)
+                                   lr_schedule="constant", warmup_steps=0, checkpoint_every=5000)

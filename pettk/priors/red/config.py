@@ -49,6 +49,10 @@ class REDConfig(PriorConfig):
     weight_decay, ema_decay, grad_clip, lr_schedule, warmup_steps : optimisation details
         (passed to :class:`~pettk.diffusion.train.TrainConfig`; AdamW's default weight decay
         0.01 as in the released code).
+    checkpoint_every : int
+        Optimiser steps between periodic trainer checkpoints of a stage (0: only at the end of a
+        stage or chunk), so that a process killed without warning (SIGKILL) loses at most this many
+        steps; ``resume=True`` continues from the last one. No effect on the training result.
     seed : int
     """
 
@@ -72,6 +76,7 @@ class REDConfig(PriorConfig):
     grad_clip: float | None = 1.0
     lr_schedule: str = "constant"
     warmup_steps: int = 0
+    checkpoint_every: int = checked(200, Int(0))
     seed: int = 0
 
     TINY = None  # set below (dataclass fields cannot default to instances of the class itself)
@@ -96,11 +101,12 @@ class REDConfig(PriorConfig):
         steps, lr = (self.ren_steps, self.ren_lr) if stage == "ren" else (self.dcn_steps, self.dcn_lr)
         return TrainConfig(steps=steps, batch_size=self.batch_size, lr=lr, weight_decay=self.weight_decay,
                            lr_schedule=self.lr_schedule, warmup_steps=self.warmup_steps, ema_decay=self.ema_decay,
-                           grad_clip=self.grad_clip, seed=self.seed + (0 if stage == "ren" else 1), log_every=10)
+                           grad_clip=self.grad_clip, seed=self.seed + (0 if stage == "ren" else 1), log_every=10,
+                           checkpoint_every=self.checkpoint_every)
 
 
 REDConfig.TINY = REDConfig()
 REDConfig.GPU = REDConfig(net=RED_GPU, T=500, sampling_steps=50, ren_steps=20_000, dcn_steps=10_000, ren_lr=1e-4,
-                          dcn_lr=1e-4, ema_decay=0.999)
+                          dcn_lr=1e-4, ema_decay=0.999, checkpoint_every=1000)
 REDConfig.FULL = REDConfig(net=RED_FULL, T=500, sampling_steps=50, ren_steps=500_000, dcn_steps=500_000,
-                           ren_lr=2e-5, dcn_lr=5e-5, ema_decay=0.999)
+                           ren_lr=2e-5, dcn_lr=5e-5, ema_decay=0.999, checkpoint_every=5000)
