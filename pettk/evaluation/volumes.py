@@ -40,7 +40,8 @@ from .methods import Case, ClassicalSettings, make_runner
 from .report import lesion_measurement, summarise, write_lesions_csv, write_rows_csv, write_summary
 from .tuning import TUNABLE, TUNE_GRID, tune_on_cases
 
-__all__ = ["VolumeData", "section_geometry", "simulate_volume", "volume_metrics", "evaluate_volumes"]
+__all__ = ["VolumeData", "section_geometry", "check_models_fit", "simulate_volume", "volume_metrics",
+           "evaluate_volumes"]
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,39 @@ def section_geometry(data: VolumeData) -> tuple[SinogramLayout, ImageGrid]:
     return layout, ImageGrid(tuple(data.shape), data.voxel_size_mm or base.grid.voxel_size_mm)
 
 
+def check_models_fit(models: dict, layout: SinogramLayout, grid: ImageGrid) -> None:
+    """Refuse a learned model that does not fit the section before any simulation (ValueError).
+
+    * An image model (DDIP, PET-DDS, LegoPET's image canvas) must have been trained on slices of
+      the volume's transaxial shape ``grid.shape[:2]`` **and** voxel size: pettk's data sets
+      (:meth:`pettk.sim.datasets.DatasetConfig.grid`) cover the ``mmr-like`` field of view,
+      128 × 2.0863 mm, at any image size, so a model of ``n × n`` slices saw voxels of
+      ``267.05 / n`` mm (the shipped 128² models: 2.0863 mm, the 3D grid's; the 64² ones 4.17 mm).
+    * A sinogram model (RED, DREAM, LegoPET) must have been trained on sinograms of the section's
+      plane shape ``layout.shape[1:]`` ``(n_views, n_radial)`` (the ``mmr-like`` direct plane:
+      224 × 129).
+    """
+    from ..sim.datasets import DatasetConfig
+    from . import model_image_size
+
+    for method, model in models.items():
+        size = model_image_size(model) or getattr(model, "image_shape", None)
+        if size is not None:
+            size = tuple(int(n) for n in size)
+            trained_mm = DatasetConfig(image_size=size[0]).grid().voxel_size_mm[0]
+            voxel = tuple(float(v) for v in grid.voxel_size_mm[:2])
+            if size != tuple(grid.shape[:2]) or not np.allclose(voxel, trained_mm, rtol=1e-3):
+                raise ValueError(f"the {method} model was trained on {size[0]} x {size[1]} slices of {trained_mm:.4g} mm "
+                                 f"but the volume's slices are {grid.shape[0]} x {grid.shape[1]} of {voxel[0]:.4g} x "
+                                 f"{voxel[1]:.4g} mm; give a model of this grid (e.g. ddip-fdg-128 / pet-dds-mr / "
+                                 "dream-drf20-128 for the default 128 x 128 volume) or a volume of the model's grid")
+        sinogram = getattr(model, "sinogram_shape", None)
+        if sinogram is not None and tuple(int(n) for n in sinogram) != tuple(layout.shape[1:]):
+            raise ValueError(f"the {method} model was trained on {sinogram[0]} x {sinogram[1]} sinograms but the "
+                             f"section's planes are {layout.shape[1]} x {layout.shape[2]} (n_views x n_radial); give a "
+                             "model of the mmr-like direct plane (e.g. dream-drf20-128)")
+
+
 def simulate_volume(data: VolumeData, seed: int, layout: SinogramLayout, grid: ImageGrid, device="cpu") -> Case:
     """One held-out volume: a v2 head shifted by ``z_offset_mm``, its 3D scan at full dose, then thinned
     to ``data.drf``. ``case.info`` holds the subject seed, tissue labels and lesion map."""
@@ -157,7 +191,8 @@ def evaluate_volumes(out_dir, methods=("osem", "bsrem-rdp"), data: VolumeData | 
     ``lesions.csv`` and ``tuning.json`` to ``out_dir``; return the summary rows.
 
     ``models`` maps each learned method to its loaded model (e.g. from
-    :func:`pettk.evaluation.load_method_model`). ``tune_grid`` overrides
+    :func:`pettk.evaluation.load_method_model`); one that does not fit the volume's grid or the
+    section's planes is refused before any simulation (:func:`check_models_fit`). ``tune_grid`` overrides
     :data:`~pettk.evaluation.tuning.TUNE_GRID` (smaller grids for a quick run).
     """
     data = (data or VolumeData()).validate()
@@ -171,6 +206,7 @@ def evaluate_volumes(out_dir, methods=("osem", "bsrem-rdp"), data: VolumeData | 
     if bsrem_max_epochs is not None:
         settings = dataclasses.replace(settings, bsrem_iterations=as_positive_int("bsrem_max_epochs", bsrem_max_epochs))
     layout, grid = section_geometry(data)
+    check_models_fit(models, layout, grid)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
 
