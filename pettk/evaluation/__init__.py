@@ -64,6 +64,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import as_positive_int
+from ..geometry import from_dict as geometry_from_dict
 from ..io import atomic_path
 from ..metrics import lesion_rois, nrmse, psnr, ssim
 from ..priors.base import dataset_forward_model
@@ -73,6 +74,7 @@ from .data import (
     EvalData,
     build_heldout,
     evenly_spaced,
+    heldout_dataset_config,
     manifest_drfs,
     open_split,
     parenchyma_labels,
@@ -81,6 +83,7 @@ from .data import (
     split_subjects,
     validation_data,
 )
+from .fit import check_models_fit_data, model_image_size
 from .methods import CLASSICAL, DEFAULT_MODELS, LEARNED, METHODS, TUNED, Case, ClassicalSettings, make_runner
 from .report import (
     comparison_lines,
@@ -96,7 +99,7 @@ from .tuning import TUNABLE, TUNE_GRID, _image, tune_on_cases
 
 __all__ = ["evaluate", "tune_classical", "tune_on_cases", "load_method_model", "EvalData", "ClassicalSettings", "Case",
            "METHODS", "CLASSICAL", "LEARNED", "TUNABLE", "TUNE_GRID", "DEFAULT_MODELS", "HELD_OUT_SEED",
-           "VALIDATION_SEED", "LABELS"]
+           "VALIDATION_SEED", "LABELS", "model_image_size", "check_models_fit_data"]
 
 log = logging.getLogger(__name__)
 
@@ -118,20 +121,6 @@ def load_method_model(method: str, source=None, device="cpu"):
     if isinstance(source, str) and source in models.available():
         return models.load(source, device=device)
     return models.load_checkpoint_for(method, source, device=device)
-
-
-def model_image_size(model) -> tuple[int, int] | None:
-    """The in-plane image size a learned image prior was trained on (PET-DDS: its configuration's
-    ``image_size``; DDIP: its U-Net's ``image_size``); ``None`` for the sinogram restorers and
-    LegoPET (their networks see sinograms; a mismatched layout is refused by the model itself)."""
-    from ..priors.ddip import DDIP
-    from ..priors.petdds import PETDDS
-
-    if isinstance(model, PETDDS) and model.config.image_size is not None:
-        return tuple(int(v) for v in model.config.image_size)
-    if isinstance(model, DDIP):
-        return tuple(int(v) for v in model.config.net.image_size)
-    return None
 
 
 def _cases(datasets: dict, device, indices: dict | None = None) -> list[tuple[float, dict, Case]]:
@@ -335,14 +324,13 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
     models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
-    size = int(manifest["config"]["image_size"]) if data_dir is not None else int(data.image_size)
-    for method, model in models.items():
-        trained = model_image_size(model)
-        if trained is not None and trained != (size, size):
-            raise ValueError(f"the {method} model was trained on {trained[0]} x {trained[1]} images but the "
-                             f"evaluated data are {size} x {size}; give a model of this size (--checkpoint "
-                             f"{method}=NAME_OR_PATH: a shipped model such as ddip-fdg-128 / pet-dds for 128 x 128, "
-                             f"or a checkpoint) or data of the model's size")
+    if data_dir is not None:
+        size = int(manifest["config"]["image_size"])
+        sinogram = manifest.get("sinogram_shape") or geometry_from_dict(manifest["geometry"]).shape
+    else:
+        held_out = heldout_dataset_config(data)
+        size, sinogram = held_out.image_size, held_out.make_geometry().shape
+    check_models_fit_data(models, size, sinogram)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("tuning.json", "lesions.csv"):  # of an earlier run into the same folder

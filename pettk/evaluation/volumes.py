@@ -123,27 +123,30 @@ def check_models_fit(models: dict, layout: SinogramLayout, grid: ImageGrid) -> N
       ``267.05 / n`` mm (the shipped 128² models: 2.0863 mm, the 3D grid's; the 64² ones 4.17 mm).
     * A sinogram model (RED, DREAM, LegoPET) must have been trained on sinograms of the section's
       plane shape ``layout.shape[1:]`` ``(n_views, n_radial)`` (the ``mmr-like`` direct plane:
-      224 × 129).
+      224 × 129); checked first, so that a restorer of another geometry is refused for its
+      sinograms (a parallel-beam restorer also implies an image size, see
+      :func:`~pettk.evaluation.fit.model_image_size`).
     """
     from ..sim.datasets import DatasetConfig
-    from . import model_image_size
+    from .fit import model_image_size
 
     for method, model in models.items():
+        sinogram = getattr(model, "sinogram_shape", None)
+        if sinogram is not None and tuple(int(n) for n in sinogram) != tuple(layout.shape[1:]):
+            raise ValueError(f"the {method} model was trained on {sinogram[0]} x {sinogram[1]} sinograms but the "
+                             f"section's planes are {layout.shape[1]} x {layout.shape[2]} (n_views x n_radial); give a "
+                             "model of the mmr-like direct plane (e.g. dream-drf20-128)")
         size = model_image_size(model) or getattr(model, "image_shape", None)
         if size is not None:
             size = tuple(int(n) for n in size)
             trained_mm = DatasetConfig(image_size=size[0]).grid().voxel_size_mm[0]
             voxel = tuple(float(v) for v in grid.voxel_size_mm[:2])
             if size != tuple(grid.shape[:2]) or not np.allclose(voxel, trained_mm, rtol=1e-3):
-                raise ValueError(f"the {method} model was trained on {size[0]} x {size[1]} slices of {trained_mm:.4g} mm "
-                                 f"but the volume's slices are {grid.shape[0]} x {grid.shape[1]} of {voxel[0]:.4g} x "
-                                 f"{voxel[1]:.4g} mm; give a model of this grid (e.g. ddip-fdg-128 / pet-dds-mr / "
-                                 "dream-drf20-128 for the default 128 x 128 volume) or a volume of the model's grid")
-        sinogram = getattr(model, "sinogram_shape", None)
-        if sinogram is not None and tuple(int(n) for n in sinogram) != tuple(layout.shape[1:]):
-            raise ValueError(f"the {method} model was trained on {sinogram[0]} x {sinogram[1]} sinograms but the "
-                             f"section's planes are {layout.shape[1]} x {layout.shape[2]} (n_views x n_radial); give a "
-                             "model of the mmr-like direct plane (e.g. dream-drf20-128)")
+                raise ValueError(f"the {method} model was trained on {size[0]} x {size[1]} slices of "
+                                 f"{trained_mm:.4g} mm but the volume's slices are {grid.shape[0]} x {grid.shape[1]} "
+                                 f"of {voxel[0]:.4g} x {voxel[1]:.4g} mm; give a model of this grid (e.g. "
+                                 "ddip-fdg-128 / pet-dds-mr / dream-drf20-128 for the default 128 x 128 volume) "
+                                 "or a volume of the model's grid")
 
 
 def simulate_volume(data: VolumeData, seed: int, layout: SinogramLayout, grid: ImageGrid, device="cpu") -> Case:
