@@ -20,33 +20,31 @@ _UNIT_NORMALISATIONS = ("ddip", "none")
 # Intensity level and the training data's reference
 # --------------------------------------------------------------------------------------------
 def activity_level(image, mask_threshold: float = 0.2) -> float:
-    """The "head mean" of an image or volume: its mean over ``{x > mask_threshold * q99(x)}``.
+    """The "head mean" of an image or volume (any shape): its mean over ``{x > mask_threshold * q99(x)}``.
 
-    ``q99`` is the 99th percentile of all voxels. Returns 0.0 for an image with no positive voxel.
+    ``q99`` is the ``ceil(0.99 n)``-th smallest of the ``n`` voxels (an order statistic, no
+    interpolation); when it is not positive (an object covering under 1 % of the voxels) the
+    maximum stands in for it. Returns 0.0 for an image with no positive voxel (all zero, say) or an
+    empty mask (``mask_threshold >= 1``). ``ValueError`` for an image with no voxel. One image of
+    :func:`_levels`.
     """
     x = torch.as_tensor(np.asarray(image) if isinstance(image, np.ndarray) else image).detach()
-    flat = x.reshape(-1).to(torch.float64).cpu()
-    if flat.numel() == 0:
-        raise ValueError("activity_level of an empty image")
-    k = max(1, int(math.ceil(0.99 * flat.numel())))
-    q = float(torch.kthvalue(flat, k).values)
-    if not q > 0:
-        q = float(flat.max())
-        if not q > 0:
-            return 0.0
-    mask = flat > mask_threshold * q
-    return float(flat[mask].mean()) if bool(mask.any()) else 0.0
+    return float(_levels(x.reshape(1, -1), mask_threshold)[0])
 
 
 def _levels(images: torch.Tensor, mask_threshold: float) -> torch.Tensor:
-    """Per-slice :func:`activity_level` of ``(N, H, W)`` images (the same order statistic as its ``q99``)."""
-    flat = images.reshape(images.shape[0], -1).to(torch.float64)
+    """:func:`activity_level` of each of ``N`` images ``(N, ...)`` at once → float64 ``(N,)`` on the CPU
+    (0 for an image with no positive voxel or an empty mask; see :func:`activity_level`)."""
+    flat = torch.as_tensor(images).detach().reshape(images.shape[0], -1).to(torch.float64).cpu()
+    if flat.shape[1] == 0:
+        raise ValueError("activity_level of an empty image")
     k = max(1, int(math.ceil(0.99 * flat.shape[1])))
     q = torch.kthvalue(flat, k, dim=1, keepdim=True).values
+    q = torch.where(q > 0, q, flat.amax(dim=1, keepdim=True))    # sparse objects: the maximum instead
     mask = (flat > mask_threshold * q) & (q > 0)
     counts = mask.sum(dim=1)
     inside = torch.where(mask, flat, torch.zeros_like(flat)).sum(dim=1) / counts.clamp_min(1)
-    return inside[counts > 0]
+    return torch.where(counts > 0, inside, torch.zeros_like(inside))
 
 
 def reference_statistics(source, normalisation: str = "ddip", mask_threshold: float = 0.2,
@@ -108,7 +106,8 @@ def reference_statistics(source, normalisation: str = "ddip", mask_threshold: fl
             raise ValueError(f"training images must have shape (N, H, W), got {tuple(images.shape)}")
         if not bool(torch.isfinite(images).all()) or bool((images < 0).any()):
             raise ValueError("training images must be finite and >= 0")
-        levels.append(_levels(images, mask_threshold))
+        level = _levels(images, mask_threshold)
+        levels.append(level[level > 0])       # slices with no positive voxel have no level
         n += images.shape[0]
     levels = torch.cat(levels)
     if levels.numel() == 0:
