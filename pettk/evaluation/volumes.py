@@ -118,7 +118,7 @@ def check_models_fit(models: dict, layout: SinogramLayout, grid: ImageGrid) -> N
 
     * An image model (DDIP, PET-DDS, LegoPET's image canvas) must have been trained on slices of
       the volume's transaxial shape ``grid.shape[:2]`` **and** voxel size: pettk's data sets
-      (:meth:`pettk.sim.datasets.DatasetConfig.grid`) cover the ``mmr-like`` field of view,
+      (:class:`pettk.sim.datasets.DatasetConfig`, its ``grid()``) cover the ``mmr-like`` field of view,
       128 × 2.0863 mm, at any image size, so a model of ``n × n`` slices saw voxels of
       ``267.05 / n`` mm (the shipped 128² models: 2.0863 mm, the 3D grid's; the 64² ones 4.17 mm).
     * A sinogram model (RED, DREAM, LegoPET) must have been trained on sinograms of the section's
