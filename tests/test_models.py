@@ -1,7 +1,7 @@
 """The default models shipped in ``pettk.models``: present, documented, loadable, and working.
 
 Every registered model must ship (weights + JSON configuration + model card), each weights file
-within 25 MB and all of them within 40 MiB (the package stays a quick install), and run one
+within 25 MB and all of them within 64 MiB (the package stays a quick install), and run one
 inference on a held-out simulated slice at DRF 20 (a restorer: at its own DRF) through the
 same runner ``pettk demo`` uses, giving a finite image on the truth's grid that is closer to the
 truth than the trivial baseline (a uniform image with the truth's mean activity).
@@ -40,7 +40,7 @@ def test_every_registered_model_ships_with_config_and_card():
         files |= {weights, config}                 # a derived model shares its base's weights
         assert weights.stat().st_size <= 25 * 10**6, f"{name}: weights over 25 MB"
     total = sum(f.stat().st_size for f in files)
-    assert total <= 40 * 2**20, f"shipped models take {total / 2**20:.1f} MiB > 40 MiB"
+    assert total <= 64 * 2**20, f"shipped models take {total / 2**20:.1f} MiB > 64 MiB"
     for name, base in pettk.models.DERIVED.items():
         assert pettk.models.path_of(name) == pettk.models.path_of(base) and base in NAMES
 

@@ -9,8 +9,8 @@ method run on another shipped model's network (e.g. ``pet-dds-mr``: PET-DDS with
 
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
-['ddip-fdg', 'ddip-fdg-128', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet', 'pet-dds',
- 'pet-dds-mr', 'red-drf20']
+['ddip-fdg', 'ddip-fdg-128', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet',
+ 'legopet-drf20-128', 'pet-dds', 'pet-dds-mr', 'red-drf100-128', 'red-drf20', 'red-drf20-128']
 >>> red = pettk.models.load("red-drf20")   # doctest: +SKIP
 
 :func:`load_checkpoint_for` loads a user checkpoint of a given method the same way.
@@ -30,7 +30,8 @@ _HERE = Path(__file__).resolve().parent
 #: Shipped model name → the method it belongs to.
 REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet",
             "ddip-fdg-128": "ddip", "pet-dds": "pet-dds", "pet-dds-mr": "pet-dds", "dream-drf20-128": "dream",
-            "dream-drf100-128": "dream"}
+            "dream-drf100-128": "dream", "red-drf20-128": "red", "red-drf100-128": "red",
+            "legopet-drf20-128": "legopet"}
 
 #: Derived model → the shipped model whose network it runs (PET-DDS on a DDIP network, see
 #: :meth:`pettk.priors.PETDDS.from_ddip`).
