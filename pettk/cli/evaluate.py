@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from pathlib import Path
 
@@ -47,6 +48,22 @@ def _run_evaluation(output, methods, data, checkpoints, device, progress, prog="
     return 0
 
 
+def _model_settings(specs) -> dict:
+    """``--model-setting METHOD.FIELD=VALUE`` → ``{method: {field: value}}`` (VALUE parsed as JSON, else a string)."""
+    out: dict = {}
+    for spec in specs or []:
+        target, sep, text = spec.partition("=")
+        method, dot, field = target.partition(".")
+        if not sep or not dot or not method or not field or not text:
+            raise SystemExit(f"pettk evaluate: --model-setting takes METHOD.FIELD=VALUE, got {spec!r}")
+        try:
+            value = json.loads(text)
+        except json.JSONDecodeError:
+            value = text
+        out.setdefault(method, {})[field] = value
+    return out
+
+
 def _evaluate(args: argparse.Namespace) -> int:
     from ..evaluation import HELD_OUT_SEED, EvalData
 
@@ -56,6 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         if not sep or not source:
             raise SystemExit(f"pettk evaluate: --checkpoint takes METHOD=PATH_OR_NAME, got {spec!r}")
         checkpoints[method] = source
+    model_settings = _model_settings(args.model_setting)
     grid = {key: tuple(values) for key, values in (("osem_iterations", args.tune_osem_iterations),
                                                    ("post_filter_mm", args.tune_filter_mm),
                                                    ("bsrem_beta", args.tune_beta), ("rdp_gamma", args.tune_gamma))
@@ -65,8 +83,9 @@ def _evaluate(args: argparse.Namespace) -> int:
     options = dict(tune=args.tune, tune_slices=args.tune_slices, tune_grid=grid or None,
                    bsrem_max_epochs=args.bsrem_max_epochs)
     if args.three_d:
-        return _evaluate_3d(args, checkpoints, grid)
-    run = dict(checkpoints=checkpoints, device=args.device, progress=not args.no_progress, prog="pettk evaluate")
+        return _evaluate_3d(args, checkpoints, model_settings, grid)
+    run = dict(checkpoints=checkpoints, model_settings=model_settings, device=args.device,
+               progress=not args.no_progress, prog="pettk evaluate")
     if args.data:
         given = [flag for flag, value in (("--tracer", args.tracer), ("--seed", args.seed), ("--anatomy", args.anatomy))
                  if value is not None]
@@ -81,10 +100,11 @@ def _evaluate(args: argparse.Namespace) -> int:
     return _run_evaluation(args.output, tuple(args.methods), data, **run, **options)
 
 
-def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, grid: dict) -> int:
+def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, model_settings: dict, grid: dict) -> int:
     """``pettk evaluate --3d``: held-out v2 volumes on a ring-scanner section (:mod:`pettk.evaluation.volumes`)."""
     from ..evaluation import load_method_model
     from ..evaluation.volumes import VolumeData, evaluate_volumes
+    from ..models import with_settings
 
     wrong = [flag for flag, value in (("--data", args.data), ("--slices", args.slices), ("--tracer", args.tracer),
                                       ("--seed", args.seed)) if value is not None]
@@ -98,6 +118,10 @@ def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, grid: dict) -> int
                           family="standard" if args.anatomy == "v2" else "shifted").validate()
         models = {m: load_method_model(m, checkpoints.get(m), device=args.device)
                   for m in args.methods if m not in ("osem", "bsrem-rdp", "mlem")}
+        bad = [m for m in model_settings if m not in models]
+        if bad:
+            raise ValueError(f"--model-setting given for {bad}, which are not learned methods being evaluated")
+        models = {m: with_settings(model, **model_settings.get(m, {})) for m, model in models.items()}
         evaluate_volumes(args.output, tuple(args.methods), data, models=models, tune=args.tune is not False,
                          tune_grid=grid or None, bsrem_max_epochs=args.bsrem_max_epochs, device=args.device,
                          progress=not args.no_progress)

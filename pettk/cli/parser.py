@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help=f"methods in table order (default: {' '.join(DEMO_METHODS)})")
     ev.add_argument("--checkpoint", action="append", metavar="METHOD=PATH",
                     help="a checkpoint (.safetensors) or shipped model name for a learned method (repeatable)")
+    ev.add_argument("--model-setting", action="append", metavar="METHOD.FIELD=VALUE",
+                    help="change a reconstruction setting of an image prior's model (ddip, pet-dds), e.g. "
+                         "ddip.final_em_iterations=8 (VALUE is JSON; repeatable)")
     ev.add_argument("--data", metavar="DIR",
                     help="evaluate the test split of this data set (built by `pettk simulate`) instead of "
                          "simulated held-out subjects")

@@ -67,6 +67,7 @@ from .._validation import as_positive_int
 from ..geometry import from_dict as geometry_from_dict
 from ..io import atomic_path
 from ..metrics import lesion_rois, nrmse, psnr, ssim
+from ..models import with_settings
 from ..priors.base import dataset_forward_model
 from .data import (
     HELD_OUT_SEED,
@@ -214,7 +215,8 @@ def _cr_text(has_maps: bool, counts: Counter) -> str:
 
 
 def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoints: dict | None = None,
-             settings: ClassicalSettings | dict | None = None, device="cpu", data_dir=None, drfs=None,
+             model_settings: dict | None = None, settings: ClassicalSettings | dict | None = None, device="cpu",
+             data_dir=None, drfs=None,
              subjects: int | None = None, slices: int | None = None, tune: bool | None = None, tune_slices: int = 8,
              tune_grid: dict | None = None, bsrem_max_epochs: int | None = None, cache_dir=None,
              write_nifti: bool = True, progress: bool = True, title: str | None = None) -> list[dict]:
@@ -233,6 +235,10 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         DRF 20). Not with ``data_dir``.
     checkpoints : dict, optional
         ``{method: shipped model name or checkpoint path}`` overriding :data:`DEFAULT_MODELS`.
+    model_settings : dict, optional
+        ``{method: {field: value}}``: reconstruction settings of an evaluated image prior (DDIP,
+        PET-DDS) changed from its model's (:func:`pettk.models.with_settings`), e.g.
+        ``{"ddip": {"final_em_iterations": 8}}``.
     settings : ClassicalSettings or {drf: ClassicalSettings}, optional
         Classical settings (default: :data:`~pettk.evaluation.methods.TUNED` for the DRF, else
         :class:`ClassicalSettings`); with tuning, the base whose tuned fields are replaced.
@@ -270,6 +276,10 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     bad = [m for m in checkpoints if m not in LEARNED]
     if bad:
         raise ValueError(f"checkpoints given for {bad}, which take no model; learned methods are {', '.join(LEARNED)}")
+    model_settings = dict(model_settings or {})
+    bad = [m for m in model_settings if m not in methods or m not in LEARNED]
+    if bad:
+        raise ValueError(f"model settings given for {bad}, which are not learned methods being evaluated")
     for name, value in (("subjects", subjects), ("slices", slices)):
         if value is not None:
             as_positive_int(name, value)
@@ -324,6 +334,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
     models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
+    models = {m: with_settings(model, **model_settings.get(m, {})) for m, model in models.items()}
     if data_dir is not None:
         size = int(manifest["config"]["image_size"])
         sinogram = manifest.get("sinogram_shape") or geometry_from_dict(manifest["geometry"]).shape
@@ -444,6 +455,10 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
                "not on this data" + ("; the ClassicalSettings defaults at DRFs it lacks" if set(drfs) - set(TUNED)
                                      else "") + ")")
     preamble += _settings_text(per_drf, methods, how)
+    for method, changes in model_settings.items():
+        if changes:
+            given = ", ".join(f"{k} = {v!r}" for k, v in sorted(changes.items()))
+            preamble += f"{method}: the model's settings with {given}.\n\n"
     comparisons = comparison_lines(summary, LABELS)
     postscript = _cr_text(has_maps, lesion_counts)
     if comparisons:

@@ -23,7 +23,7 @@ import json
 from pathlib import Path
 
 __all__ = ["REGISTRY", "LOADERS", "DERIVED", "available", "path_of", "config_path", "card", "load",
-           "load_checkpoint_for"]
+           "load_checkpoint_for", "with_settings"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -105,3 +105,25 @@ def _load_derived(name: str, device):
     if meta.get("method") != "PET-DDS" or meta.get("network_of") != DERIVED[name]:
         raise ValueError(f"{config_path(name)} is not the settings of PET-DDS on {DERIVED[name]}'s network")
     return PETDDS.from_ddip(load(DERIVED[name], device=device), PETDDSConfig.from_dict(meta["petdds_config"]))
+
+
+def with_settings(model, **changes):
+    """A loaded image prior (DDIP, PET-DDS) with some reconstruction settings changed, sharing its
+    network: e.g. ``with_settings(ddip, final_em_iterations=8)`` for DRF-20-like counts (the
+    setting the ``ddip-fdg-128`` card measured there), ``with_settings(petdds, axial_beta=0.3)``
+    in 3D. Values are checked by the model's configuration; fields of the network are refused.
+    Without changes the model itself is returned.
+    """
+    if not changes:
+        return model
+    if not hasattr(model, "replace"):
+        raise ValueError(f"a {type(model).__name__} model takes no setting changes (only the image priors DDIP and "
+                         "PET-DDS do)")
+    from dataclasses import fields
+
+    known = {f.name for f in fields(model.config)}
+    unknown = sorted(set(changes) - known)
+    if unknown:
+        raise ValueError(f"{type(model).__name__} has no settings {unknown}; "
+                         f"its settings are {', '.join(sorted(known))}")
+    return model.replace(**changes)
