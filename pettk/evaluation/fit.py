@@ -4,7 +4,7 @@ A learned model fixes part of the data's layout:
 
 * an image prior (DDIP, PET-DDS) the in-plane image size it was trained on;
 * a sinogram restorer (RED, DREAM) its sinogram shape ``(n_views, n_radial)``, which for pettk's
-  data sets (:meth:`pettk.sim.datasets.DatasetConfig.make_geometry`) names the geometry and, for
+  data sets (``pettk.sim.datasets.DatasetConfig.make_geometry``) names the geometry and, for
   parallel beam, the image size too: ``n × n`` pixels are projected to ``n`` views of
   ``ceil(1.5 n) | 1`` bins, while the ``mmr-like`` direct plane is 224 × 129 at every image size;
 * LegoPET both (its ``image_shape`` and ``sinogram_shape``).
