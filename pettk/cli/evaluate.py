@@ -102,9 +102,8 @@ def _evaluate(args: argparse.Namespace) -> int:
 
 def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, model_settings: dict, grid: dict) -> int:
     """``pettk evaluate --3d``: held-out v2 volumes on a ring-scanner section (:mod:`pettk.evaluation.volumes`)."""
-    from ..evaluation import load_method_model
+    from ..evaluation import apply_model_settings, load_method_model
     from ..evaluation.volumes import VolumeData, evaluate_volumes
-    from ..models import with_settings
 
     wrong = [flag for flag, value in (("--data", args.data), ("--slices", args.slices), ("--tracer", args.tracer),
                                       ("--seed", args.seed)) if value is not None]
@@ -118,10 +117,7 @@ def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, model_settings: di
                           family="standard" if args.anatomy == "v2" else "shifted").validate()
         models = {m: load_method_model(m, checkpoints.get(m), device=args.device)
                   for m in args.methods if m not in ("osem", "bsrem-rdp", "mlem")}
-        bad = [m for m in model_settings if m not in models]
-        if bad:
-            raise ValueError(f"--model-setting given for {bad}, which are not learned methods being evaluated")
-        models = {m: with_settings(model, **model_settings.get(m, {})) for m, model in models.items()}
+        models = apply_model_settings(models, model_settings)
         evaluate_volumes(args.output, tuple(args.methods), data, models=models, tune=args.tune is not False,
                          tune_grid=grid or None, bsrem_max_epochs=args.bsrem_max_epochs, device=args.device,
                          progress=not args.no_progress)

@@ -100,7 +100,7 @@ from .tuning import TUNABLE, TUNE_GRID, _image, tune_on_cases
 
 __all__ = ["evaluate", "tune_classical", "tune_on_cases", "load_method_model", "EvalData", "ClassicalSettings", "Case",
            "METHODS", "CLASSICAL", "LEARNED", "TUNABLE", "TUNE_GRID", "DEFAULT_MODELS", "HELD_OUT_SEED",
-           "VALIDATION_SEED", "LABELS", "model_image_size", "check_models_fit_data"]
+           "VALIDATION_SEED", "LABELS", "model_image_size", "check_models_fit_data", "apply_model_settings"]
 
 log = logging.getLogger(__name__)
 
@@ -122,6 +122,15 @@ def load_method_model(method: str, source=None, device="cpu"):
     if isinstance(source, str) and source in models.available():
         return models.load(source, device=device)
     return models.load_checkpoint_for(method, source, device=device)
+
+
+def apply_model_settings(models: dict, model_settings: dict) -> dict:
+    """``{method: model}`` with each method's ``model_settings[method]`` (``{field: value}``) applied by
+    :func:`pettk.models.with_settings`; ``ValueError`` for settings of a method without a model here."""
+    bad = [m for m in model_settings if m not in models]
+    if bad:
+        raise ValueError(f"model settings given for {bad}, which are not learned methods being evaluated")
+    return {m: with_settings(model, **model_settings.get(m, {})) for m, model in models.items()}
 
 
 def _cases(datasets: dict, device, indices: dict | None = None) -> list[tuple[float, dict, Case]]:
@@ -277,9 +286,6 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     if bad:
         raise ValueError(f"checkpoints given for {bad}, which take no model; learned methods are {', '.join(LEARNED)}")
     model_settings = dict(model_settings or {})
-    bad = [m for m in model_settings if m not in methods or m not in LEARNED]
-    if bad:
-        raise ValueError(f"model settings given for {bad}, which are not learned methods being evaluated")
     for name, value in (("subjects", subjects), ("slices", slices)):
         if value is not None:
             as_positive_int(name, value)
@@ -334,7 +340,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
     models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
-    models = {m: with_settings(model, **model_settings.get(m, {})) for m, model in models.items()}
+    models = apply_model_settings(models, model_settings)
     if data_dir is not None:
         size = int(manifest["config"]["image_size"])
         sinogram = manifest.get("sinogram_shape") or geometry_from_dict(manifest["geometry"]).shape
