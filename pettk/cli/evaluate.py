@@ -48,6 +48,14 @@ def _run_evaluation(output, methods, data, checkpoints, device, progress, prog="
     return 0
 
 
+def setting_value(text: str):
+    """A ``--model-setting`` VALUE: parsed as JSON (``8``, ``0.3``, ``true``, ``[1, 2]``), else the string."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
 def _model_settings(specs) -> dict:
     """``--model-setting METHOD.FIELD=VALUE`` → ``{method: {field: value}}`` (VALUE parsed as JSON, else a string)."""
     out: dict = {}
@@ -56,11 +64,7 @@ def _model_settings(specs) -> dict:
         method, dot, field = target.partition(".")
         if not sep or not dot or not method or not field or not text:
             raise SystemExit(f"pettk evaluate: --model-setting takes METHOD.FIELD=VALUE, got {spec!r}")
-        try:
-            value = json.loads(text)
-        except json.JSONDecodeError:
-            value = text
-        out.setdefault(method, {})[field] = value
+        out.setdefault(method, {})[field] = setting_value(text)
     return out
 
 

@@ -172,7 +172,11 @@ def build_parser() -> argparse.ArgumentParser:
                           "with --iterations/--subsets)")
     rec.add_argument("--model", help="--method's model: a shipped name (pettk.models) or a .safetensors checkpoint "
                                      "(default: the method's shipped model)")
-    rec.add_argument("--drf", type=float, help="red/dream: the data's dose-reduction factor (default the model's)")
+    rec.add_argument("--drf", type=float, help="red/dream: the data's dose-reduction factor (default the model's); "
+                     "ddip/pet-dds: run the model with its settings tuned for this DRF (its card)")
+    rec.add_argument("--model-setting", action="append", metavar="FIELD=VALUE",
+                     help="ddip/pet-dds: change a reconstruction setting of the model, e.g. final_em_iterations=8 "
+                          "(VALUE is JSON; repeatable; over the --drf settings)")
     rec.add_argument("--mr", help="ddip/pet-dds: co-registered MR NIfTI on the sinogram's grid")
     rec.add_argument("--window", choices=("ramp", "shepp-logan", "cosine", "hamming", "hann"), default="hann",
                      help="FBP window (default hann)")

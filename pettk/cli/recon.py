@@ -154,8 +154,9 @@ def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
         mr, mr_grid = load_nifti(args.mr, ndim=grid.ndim)
         if mr_grid.shape != grid.shape:
             raise SystemExit(f"pettk recon: the MR has shape {mr_grid.shape}, the sinogram's grid {grid.shape}")
+    drf = args.drf if args.method in ("red", "dream") else None  # an image prior's --drf chose its settings
     try:
-        return reconstruct_learned(args.method, learned, model, prompts, drf=args.drf, mr=mr,
+        return reconstruct_learned(args.method, learned, model, prompts, drf=drf, mr=mr,
                                    iterations=args.iterations, subsets=args.subsets, progress=not args.no_progress)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"pettk recon: --method {args.method}: {err}") from None
@@ -163,18 +164,43 @@ def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
 
 def _learned_model(args: argparse.Namespace):
     """``pettk recon --method``: the model named by ``--model`` (a shipped name or a checkpoint file;
-    default the method's shipped model), loaded before any reconstruction work."""
+    default the method's shipped model), loaded before any reconstruction work; an image prior
+    (ddip, pet-dds) with its settings tuned for ``--drf`` and the ``--model-setting`` changes."""
     from ..evaluation import load_method_model
     from ..evaluation.methods import DEFAULT_MODELS
+    from ..models import settings_for_drf, tuned_settings, with_settings
+    from .evaluate import setting_value
 
     name = args.model or DEFAULT_MODELS.get(args.method)
     if name is None:
         raise SystemExit(f"pettk recon: --method {args.method} ships no model: give --model CHECKPOINT.safetensors")
-    if args.drf is not None and args.method not in ("red", "dream"):
-        raise SystemExit(f"pettk recon: --drf is for the sinogram restorers (red, dream), not {args.method}")
-    if args.mr is not None and args.method not in ("ddip", "pet-dds"):
+    image_prior = args.method in ("ddip", "pet-dds")
+    if args.drf is not None and args.method not in ("red", "dream") and not image_prior:
+        raise SystemExit(f"pettk recon: --drf is for the sinogram restorers (red, dream: the data's DRF) and the "
+                         f"image priors (ddip, pet-dds: their settings tuned for it), not {args.method}")
+    if args.mr is not None and not image_prior:
         raise SystemExit(f"pettk recon: --mr is for ddip and pet-dds, not {args.method}")
-    return load_method_model(args.method, name)
+    changes = {}
+    for spec in args.model_setting or []:
+        field, sep, text = spec.partition("=")
+        if not sep or not field or not text or "." in field:
+            raise SystemExit(f"pettk recon: --model-setting takes FIELD=VALUE, got {spec!r}")
+        changes[field] = setting_value(text)
+    if changes and not image_prior:
+        raise SystemExit(f"pettk recon: --model-setting is for the image priors (ddip, pet-dds), not {args.method}")
+    try:
+        model = load_method_model(args.method, name)
+        if image_prior and args.drf is not None:
+            tuned = tuned_settings(name)
+            if not tuned:
+                raise ValueError(f"model {name!r} has no settings tuned per DRF (its JSON has no settings_by_drf): "
+                                 "leave out --drf")
+            model = settings_for_drf(model, tuned, args.drf, f"model {name!r}", **changes)
+        elif changes:
+            model = with_settings(model, **changes)
+    except (TypeError, ValueError) as err:
+        raise SystemExit(f"pettk recon: --method {args.method}: {err}") from None
+    return model
 
 
 def _check_dicom_folder(args: argparse.Namespace) -> None:

@@ -67,7 +67,7 @@ from .._validation import as_positive_int
 from ..geometry import from_dict as geometry_from_dict
 from ..io import atomic_path
 from ..metrics import lesion_rois, nrmse, psnr, ssim
-from ..models import with_settings
+from ..models import settings_for_drf, tuned_settings, with_settings
 from ..priors.base import dataset_forward_model
 from .data import (
     HELD_OUT_SEED,
@@ -247,7 +247,9 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     model_settings : dict, optional
         ``{method: {field: value}}``: reconstruction settings of an evaluated image prior (DDIP,
         PET-DDS) changed from its model's (:func:`pettk.models.with_settings`), e.g.
-        ``{"ddip": {"final_em_iterations": 8}}``.
+        ``{"ddip": {"final_em_iterations": 8}}``. A model whose JSON holds settings tuned per DRF
+        (:func:`pettk.models.tuned_settings`) runs each DRF with those, these changes on top; at a
+        DRF it has none for, its own settings.
     settings : ClassicalSettings or {drf: ClassicalSettings}, optional
         Classical settings (default: :data:`~pettk.evaluation.methods.TUNED` for the DRF, else
         :class:`ClassicalSettings`); with tuning, the base whose tuned fields are replaced.
@@ -339,8 +341,12 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         per_drf = {d: dataclasses.replace(s, bsrem_iterations=bsrem_max_epochs) for d, s in per_drf.items()}
     per_drf = {d: s.validate() for d, s in per_drf.items()}
     device = torch.device(device)
-    models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
-    models = apply_model_settings(models, model_settings)
+    base_models = {m: load_method_model(m, checkpoints.get(m), device=device) for m in methods if m in LEARNED}
+    models = apply_model_settings(base_models, model_settings)
+    # an image prior's settings tuned per DRF (its JSON's settings_by_drf), under the given changes
+    tuned = {m: tuned_settings(checkpoints.get(m) or DEFAULT_MODELS[m]) for m in base_models}
+    drf_models = {(m, d): settings_for_drf(base_models[m], tuned[m], d, m, strict=False, **model_settings.get(m, {}))
+                  if tuned[m].get(d) else models[m] for m in base_models for d in drfs}
     if data_dir is not None:
         size = int(manifest["config"]["image_size"])
         sinogram = manifest.get("sinogram_shape") or geometry_from_dict(manifest["geometry"]).shape
@@ -380,7 +386,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
             with atomic_path(out_dir / "tuning.json") as tmp_path:
                 tmp_path.write_text(json.dumps(tuning, indent=2))
 
-        runners = {(m, d): make_runner(m, models.get(m), per_drf[d]) for m in methods for d in per_drf}
+        runners = {(m, d): make_runner(m, drf_models.get((m, d)), per_drf[d]) for m in methods for d in per_drf}
         if data_dir is not None:
             datasets = open_split(root, "test", drfs)
             indices = {d: select_indices(ds, subjects, slices) for d, ds in datasets.items()}
@@ -461,10 +467,16 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
                "not on this data" + ("; the ClassicalSettings defaults at DRFs it lacks" if set(drfs) - set(TUNED)
                                      else "") + ")")
     preamble += _settings_text(per_drf, methods, how)
-    for method, changes in model_settings.items():
+    for method in base_models:
+        for drf in drfs:
+            if tuned[method].get(drf):
+                given = ", ".join(f"{k} = {v!r}" for k, v in sorted(tuned[method][drf].items()))
+                preamble += f"{method} at DRF {drf:g}: the model's settings tuned for DRF {drf:g} ({given}).\n\n"
+        changes = model_settings.get(method)
         if changes:
             given = ", ".join(f"{k} = {v!r}" for k, v in sorted(changes.items()))
-            preamble += f"{method}: the model's settings with {given}.\n\n"
+            preamble += f"{method}: the model's settings with {given}" + (" (over its tuned ones)" if any(
+                tuned[method].get(d) for d in drfs) else "") + ".\n\n"
     comparisons = comparison_lines(summary, LABELS)
     postscript = _cr_text(has_maps, lesion_counts)
     if comparisons:

@@ -7,6 +7,11 @@ model (:data:`DERIVED`) has no weights of its own: its ``<name>.json`` holds the
 method run on another shipped model's network (e.g. ``pet-dds-mr``: PET-DDS with MR guidance on
 ``ddip-fdg-128``'s MR-conditioned U-Net), so one network is shipped once.
 
+A model's JSON may also hold ``"settings_by_drf"``: ``{"20": {"final_em_iterations": 8}, ...}``,
+reconstruction settings of an image prior tuned (on validation data, as its card says) for data of
+that dose-reduction factor; :func:`tuned_settings` reads them, ``load(name, drf=20)``, ``pettk
+evaluate`` (2D, per DRF) and ``pettk recon --drf`` apply them.
+
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
 ['ddip-fdg', 'ddip-fdg-128', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet',
@@ -23,7 +28,7 @@ import json
 from pathlib import Path
 
 __all__ = ["REGISTRY", "LOADERS", "DERIVED", "available", "path_of", "config_path", "card", "load",
-           "load_checkpoint_for", "with_settings"]
+           "load_checkpoint_for", "with_settings", "tuned_settings", "settings_for_drf"]
 
 _HERE = Path(__file__).resolve().parent
 
@@ -85,16 +90,59 @@ def load_checkpoint_for(method: str, path, device="cpu"):
     return getattr(importlib.import_module(module), cls).load(path, device=device)
 
 
-def load(name: str, device="cpu"):
-    """Load the shipped model ``name`` (see :func:`available`) onto ``device``."""
+def load(name: str, device="cpu", drf: float | None = None):
+    """Load the shipped model ``name`` (see :func:`available`) onto ``device``; with ``drf``, with
+    its settings tuned for that dose-reduction factor (:func:`settings_for_drf`)."""
     path = path_of(name)
     for needed in (path, config_path(name)):
         if not needed.is_file():
             raise FileNotFoundError(f"model {name!r} is not in this installation ({needed} is missing); "
                                     f"available: {', '.join(available()) or 'none'}")
-    if name in DERIVED:
-        return _load_derived(name, device)
-    return load_checkpoint_for(REGISTRY[name], path, device=device)
+    tuned = tuned_settings(name) if drf is not None else {}
+    model = _load_derived(name, device) if name in DERIVED else load_checkpoint_for(REGISTRY[name], path, device=device)
+    return model if drf is None else settings_for_drf(model, tuned, drf, name)
+
+
+def _settings_json(source) -> Path:
+    """The JSON beside a model: a shipped name's configuration, or ``<checkpoint>.json``."""
+    if isinstance(source, str) and source in REGISTRY:
+        return config_path(source)
+    return Path(source).with_suffix(".json")
+
+
+def tuned_settings(source) -> dict[float, dict]:
+    """``{drf: {field: value}}``: the reconstruction settings tuned per dose-reduction factor that the
+    model's JSON holds under ``"settings_by_drf"`` (a shipped name, or a checkpoint path whose
+    ``.json`` holds them); ``{}`` when it holds none. The values are checked when applied
+    (:func:`settings_for_drf`)."""
+    path = _settings_json(source)
+    if not path.is_file():
+        return {}
+    table = json.loads(path.read_text()).get("settings_by_drf", {})
+    if not isinstance(table, dict):
+        raise ValueError(f"{path}: settings_by_drf must map a DRF to {{field: value}}, got {type(table).__name__}")
+    out = {}
+    for key, changes in table.items():
+        try:
+            drf = float(key)
+        except ValueError:
+            drf = float("nan")
+        if not drf > 0 or not isinstance(changes, dict):
+            raise ValueError(f"{path}: settings_by_drf entries are \"DRF\" (> 0): {{field: value}}, got {key!r}: "
+                             f"{changes!r}")
+        out[drf] = dict(changes)
+    return out
+
+
+def settings_for_drf(model, tuned: dict, drf: float, name: str = "the model", *, strict: bool = True, **changes):
+    """``model`` with its settings ``tuned[drf]`` (from :func:`tuned_settings`) and then ``changes``
+    applied by :func:`with_settings`. With ``strict``, a model with tuned settings refuses a DRF it
+    has none for (``ValueError`` naming the DRFs it has); otherwise, and for a model without any,
+    it keeps its own settings there."""
+    if strict and tuned and float(drf) not in tuned:
+        raise ValueError(f"{name} has settings tuned for DRF {', '.join(f'{d:g}' for d in sorted(tuned))}, "
+                         f"not {float(drf):g}")
+    return with_settings(model, **{**tuned.get(float(drf), {}), **changes})
 
 
 def _load_derived(name: str, device):
