@@ -1,4 +1,4 @@
-"""Periodic checkpoints of the prior trainers (RED, DREAM, LegoPET): ``checkpoint_every`` reaches
+"""Periodic checkpoints of the prior trainers (RED, DREAM, LegoPET; DDIP's field): ``checkpoint_every`` reaches
 each stage's :class:`~pettk.diffusion.train.TrainConfig`, and a run killed mid-stage without warning
 (SIGKILL: no final checkpoint, emulated by an exception from the trainer's step) resumes from the
 last periodic checkpoint and ends with the loss curves and weights of the uninterrupted run."""
@@ -85,6 +85,21 @@ def test_checkpoint_every_is_a_checked_field_passed_to_every_stage(cls):
     for bad in (-1, 2.5, True, None):
         with pytest.raises(ValueError, match="checkpoint_every must be an int >= 0"):
             cls.TINY.replace(checkpoint_every=bad).validate()
+
+
+def test_ddip_checkpoint_every_is_a_checked_field():
+    from pettk.priors.ddip import DDIPConfig
+
+    assert (DDIPConfig.TINY.checkpoint_every, DDIPConfig.GPU.checkpoint_every, DDIPConfig.FULL.checkpoint_every) == (
+        200, 1000, 5000)
+    assert DDIPConfig.TINY.train_config().checkpoint_every == 200
+    assert DDIPConfig.TINY.replace(checkpoint_every=0).train_config().checkpoint_every == 0
+    old = DDIPConfig.TINY.to_dict()
+    del old["checkpoint_every"]  # a configuration written before the field existed (the shipped models')
+    assert DDIPConfig.from_dict(old).checkpoint_every == 200
+    for bad in (-1, 2.5, None):
+        with pytest.raises((ValueError, TypeError), match="checkpoint_every"):
+            DDIPConfig.TINY.replace(checkpoint_every=bad).validate()
 
 
 def test_red_killed_mid_stage_resumes_from_the_periodic_checkpoint(restorer_data, tmp_path, monkeypatch):

@@ -101,6 +101,10 @@ class DDIPConfig(PriorConfig):
         fits the data at least as well; the intensity scale then comes from a head mask of the PET
         start image, not of the MR. Needs ``mr_dropout > 0``. ``last_info["mr_guidance"]`` records
         the choice.
+    checkpoint_every : int
+        Pretraining steps between periodic trainer checkpoints (0: only at the end of a chunk), so
+        that a process killed without warning (SIGKILL) loses at most this many steps; no effect
+        on the training result.
     seed : int
         Pretraining seed and the default reconstruction seed.
     """
@@ -143,6 +147,7 @@ class DDIPConfig(PriorConfig):
     mr_mismatch: float = checked(0.0, _number(0.0, 1.0))
     mr_guidance: float = checked(1.0, _number())
     mr_fallback: bool = False
+    checkpoint_every: int = checked(200, _count(0))
     seed: int = checked(0, _count(0))
 
     TINY = None  # set below (dataclass fields cannot default to instances of the class itself)
@@ -207,7 +212,7 @@ class DDIPConfig(PriorConfig):
         return TrainConfig(steps=self.train_steps, batch_size=self.batch_size, lr=self.lr,
                            weight_decay=self.weight_decay, lr_schedule=self.lr_schedule,
                            warmup_steps=self.warmup_steps, ema_decay=self.ema_decay, grad_clip=self.grad_clip,
-                           seed=self.seed, log_every=10, checkpoint_every=max(500, self.train_steps // 4))
+                           seed=self.seed, log_every=10, checkpoint_every=self.checkpoint_every)
 
     def head_mask(self, image: torch.Tensor, mr: torch.Tensor | None) -> torch.Tensor:
         """The head mask ``(..., H, W)`` used for the intensity scale (from the MR when given)."""
@@ -245,7 +250,9 @@ def _int(name, value, minimum):
 DDIPConfig.TINY = DDIPConfig()
 DDIPConfig.GPU = DDIPConfig(net=DDIP_GPU, prediction="eps", train_steps=20_000, batch_size=16, lr=1e-4,
                             ema_decay=0.999, lr_schedule="constant", warmup_steps=500, start_t=200, steps=100,
-                            adapt_steps=2, adapt_lr=5e-4, lora_rank=4, lora_dropout=0.1, em_iterations=5)
+                            adapt_steps=2, adapt_lr=5e-4, lora_rank=4, lora_dropout=0.1, em_iterations=5,
+                            checkpoint_every=1000)
 DDIPConfig.FULL = DDIPConfig(net=DDIP_FULL, prediction="eps", train_steps=1_100_000, batch_size=16, lr=1e-4,
                              ema_decay=0.9999, lr_schedule="constant", warmup_steps=1000, start_t=200, steps=201,
-                             adapt_steps=2, adapt_lr=5e-4, lora_rank=4, lora_dropout=0.1, em_iterations=5)
+                             adapt_steps=2, adapt_lr=5e-4, lora_rank=4, lora_dropout=0.1, em_iterations=5,
+                             checkpoint_every=5000)
