@@ -68,6 +68,12 @@ def test_check_models_fit_data(shipped):
         check_models_fit_data({"legopet": shipped["legopet"]}, 64, (224, 129))
     with pytest.raises(ValueError, match=r"trained on 40 x 50 sinograms \(n_views x n_radial\)"):
         check_models_fit_data({"dream": DREAM(DREAMConfig.TINY, (40, 50))}, 64, (64, 97))
+    # the restorers' DRF (one model per DRF) against the evaluated DRFs; image priors take any
+    check_models_fit_data({"red": shipped["red-drf20"], "ddip": shipped["ddip-fdg"]}, 64, (64, 97), drfs=(20.0,))
+    check_models_fit_data({"ddip": shipped["ddip-fdg"]}, 64, (64, 97), drfs=(4.0, 100.0))
+    with pytest.raises(ValueError, match=r"^the dream model restores DRF 20 data \(one model per DRF\) but DRF 4, "
+                                         r"100 is evaluated too; evaluate its DRF only \(--drf 20\).*dream-drf100-128"):
+        check_models_fit_data({"dream": shipped["dream-drf20"]}, 64, (64, 97), drfs=(4.0, 20.0, 100.0))
 
 
 def test_evaluate_refuses_a_restorer_of_other_data_before_any_work(tmp_path, restorer_data, monkeypatch):
@@ -88,6 +94,9 @@ def test_evaluate_refuses_a_restorer_of_other_data_before_any_work(tmp_path, res
     with pytest.raises(ValueError, match=r"the red model was trained on 64 x 64 images but the evaluated data are "
                                          r"32 x 32"):
         evaluate(out, ("osem", "red"), data_dir=restorer_data, checkpoints={"red": "red-drf20"})
+    # a restorer of DRF 20 asked for DRF 100 too: refused before the tuning and the restoring
+    with pytest.raises(ValueError, match=r"the red model restores DRF 20 data .* but DRF 100 is evaluated too"):
+        evaluate(out, ("red",), EvalData(n_subjects=1, slices_per_subject=1, drfs=(20.0, 100.0)))
     assert not out.exists()
     # a fitting restorer passes the check and reaches the data
     with pytest.raises(AssertionError, match="simulated or read data"):

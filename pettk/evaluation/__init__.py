@@ -353,7 +353,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     else:
         held_out = heldout_dataset_config(data)
         size, sinogram = held_out.image_size, held_out.make_geometry().shape
-    check_models_fit_data(models, size, sinogram)
+    check_models_fit_data(models, size, sinogram, drfs)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     for stale in ("tuning.json", "lesions.csv"):  # of an earlier run into the same folder

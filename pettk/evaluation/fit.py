@@ -68,17 +68,25 @@ def _layout_words(shape: tuple) -> str:
     return "n_views x n_radial" if n is None else f"parallel beam of {n} x {n} images"
 
 
-def check_models_fit_data(models: dict, image_size: int, sinogram_shape) -> None:
+def check_models_fit_data(models: dict, image_size: int, sinogram_shape, drfs=None) -> None:
     """Raise ``ValueError`` naming the first model of ``{method: model}`` that does not fit data of
     ``image_size × image_size`` pixels and sinograms ``sinogram_shape`` ``(n_views, n_radial)``:
     the image size :func:`model_image_size` gives, and the ``sinogram_shape`` of a sinogram model
-    (RED, DREAM, LegoPET), must be the data's."""
+    (RED, DREAM, LegoPET), must be the data's; with ``drfs`` (the evaluated dose-reduction factors),
+    a sinogram restorer's DRF (one model per DRF) must be each of them."""
     from .. import models as shipped
 
     size = int(image_size)
     data_sinogram = tuple(int(v) for v in sinogram_shape)
     for method, model in models.items():
         names = " / ".join(n for n, m in shipped.REGISTRY.items() if m == method) or "none yet"
+        model_drf = getattr(model, "drf", None)
+        others = [float(d) for d in drfs or () if model_drf is not None and abs(float(d) - model_drf) > 1e-6 * model_drf]
+        if others:
+            raise ValueError(f"the {method} model restores DRF {model_drf:g} data (one model per DRF) but DRF "
+                             f"{', '.join(f'{d:g}' for d in others)} is evaluated too; evaluate its DRF only (--drf "
+                             f"{model_drf:g}) or give a {method} model of that DRF (--checkpoint {method}=NAME_OR_PATH; "
+                             f"shipped: {names})")
         trained = model_image_size(model)
         if trained is not None and trained != (size, size):
             raise ValueError(f"the {method} model was trained on {trained[0]} x {trained[1]} images but the "
