@@ -34,10 +34,10 @@ from pettk.priors.legopet import LegoPET, LegoPETConfig, train_legopet
 from pettk.sim.datasets import DatasetConfig, SliceDataset, build_dataset
 
 FAST = os.environ.get("PETTK_FAST") == "1"
-DATA = DatasetConfig(n_subjects=24 if FAST else 48, slices_per_subject=6, image_size=32, geometry="parallel",
+DATA = DatasetConfig(n_subjects=12 if FAST else 48, slices_per_subject=6, image_size=32, geometry="parallel",
                      drfs=(4.0,), counts_per_slice=3e3, reference_counts_factor=1.0, reference_iterations=1,
                      reference_subsets=2, split=(None, 1, 2), seed=0)
-CONFIG = LegoPETConfig.TINY.replace(pnpnet_steps=150, cdpm_steps=250) if FAST else LegoPETConfig.TINY
+CONFIG = LegoPETConfig.TINY.replace(pnpnet_steps=40, cdpm_steps=60) if FAST else LegoPETConfig.TINY
 
 
 def _models(root: Path) -> tuple[LegoPET, LegoPET]:

@@ -9,7 +9,7 @@ slice: ``DRF·y_low``, the RED restoration and the full-dose sinogram (top, with
 against the full-dose sinogram), and their OSEM reconstructions (bottom, with PSNR/SSIM against
 the true activity image).
 
-Run: ``python examples/plot_red.py [output.png]``; ``PETTK_FAST=1`` trains a third of the steps
+Run: ``python examples/plot_red.py [output.png]``; ``PETTK_FAST=1`` trains a seventh of the steps
 (the gallery test's mode; the restoration is rougher).
 """
 
@@ -36,7 +36,7 @@ DATA = DatasetConfig(n_subjects=8, slices_per_subject=3, image_size=32, geometry
                      counts_per_slice=5e4, reference_counts_factor=1.0, reference_iterations=1, reference_subsets=2,
                      split=(None, 1, 2), seed=0)
 NET = RED_TINY.replace(channel_mults=(1, 2), attention_heads=2, attention_head_channels=8, image_size=(32, 48))
-CONFIG = REDConfig(net=NET, T=50, sampling_steps=10, ren_steps=150 if FAST else 400, dcn_steps=80 if FAST else 200,
+CONFIG = REDConfig(net=NET, T=50, sampling_steps=10, ren_steps=60 if FAST else 400, dcn_steps=30 if FAST else 200,
                    drf=DRF, seed=0)
 OSEM = dict(n_iter=4, n_subsets=8)
 
