@@ -41,7 +41,7 @@ def load_example(stem: str):
 
 @pytest.fixture(scope="session")
 def ddip_tiny_pretrained(tmp_path_factory):
-    """The tiny FDG-pretrained DDIP (``DDIPConfig.TINY``, 500 steps on 16 subjects x 5 slices), trained
+    """The tiny FDG-pretrained DDIP (``DDIPConfig.TINY`` in batches of 8, 500 steps on 16 subjects x 5 slices), trained
     once per session by ``examples/plot_ddip.py``'s own training function and saved: test_ddip uses
     the model, test_examples hands the file to the example (``PETTK_DDIP_MODEL``), which would
     otherwise train the identical model again. Returns ``(model, path of the .safetensors)``."""

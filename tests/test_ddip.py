@@ -23,7 +23,7 @@ from pettk.sim.scan import simulate_scan
 SIZE = 32
 VOXEL = 128 * 2.0863 / SIZE
 #: The tiny configuration (METHODS §4.7; 500 pretraining steps).
-TEST_CONFIG = DDIPConfig.TINY
+TEST_CONFIG = DDIPConfig.TINY.replace(batch_size=8)   # examples/plot_ddip.py's recipe (conftest)
 
 
 def _slice_model(size=SIZE, psf=4.5):
