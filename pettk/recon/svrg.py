@@ -48,6 +48,12 @@ least the snapshot's stops a voxel that jumped to where RDP is flat from taking 
 Cost: an epoch is one full projector-equivalent (forward and back projection of all views). The
 snapshot epoch spends it on the full gradient (and takes one full-gradient step); every other
 epoch takes ``M`` subset steps. Memory: ``M + 5`` images besides the data.
+
+3D (``docs/map_solvers.md``): on the PETRIC benchmark's 3D ``mmr-like`` section, 112 subsets,
+``snapshot_every=3, max_step=1`` (not the defaults) needs 7 epochs against the defaults' 9
+(BSREM: 22): two SVRG epochs per snapshot, and a step that starts where the safeguard would
+take the default cap of 2 after its first overshoot. The snapshot's full-gradient step itself
+moves the image as little as one subset step; skipping it changes nothing measurable.
 """
 
 from __future__ import annotations
@@ -102,7 +108,8 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
         Epochs of plain preconditioned subset steps ``x <- P_+[x + alpha D (M grad L_m - beta grad
         R)]`` before the first snapshot (>= 0). They move fast while the subsets still agree.
     snapshot_every : int
-        Epochs from one snapshot to the next (>= 1; 1: every epoch is a full-gradient step).
+        Epochs from one snapshot to the next (>= 1; 1: every epoch is a full-gradient step). 3 with
+        ``max_step=1`` is the faster setting on the 3D benchmark case (see the module docstring).
     delta : float, optional
         Keeps ``D`` positive at ``x = 0`` so that zero voxels can grow; image units. Default
         ``DEFAULT_DELTA`` (0.5) times the mean of the start image over the field of view, as in
