@@ -5,7 +5,7 @@ prior's ``save``) + ``<name>.md`` (model card: data, configuration, steps, hardw
 held-out metrics), trained by pettk's own training commands on pettk's simulator. A *derived*
 model (:data:`DERIVED`) has no weights of its own: its ``<name>.json`` holds the settings of a
 method run on another shipped model's network (e.g. ``pet-dds-mr``: PET-DDS with MR guidance on
-``ddip-fdg-128``'s MR-conditioned U-Net), so one network is shipped once.
+``ddip-fdg-128-v2``'s MR-conditioned U-Net), so one network is shipped once.
 
 A model's JSON may also hold ``"settings_by_drf"``: ``{"20": {"final_em_iterations": 8}, ...}``,
 reconstruction settings of an image prior tuned (on validation data, as its card says) for data of
@@ -14,7 +14,7 @@ evaluate`` (2D, per DRF) and ``pettk recon --drf`` apply them.
 
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
-['ddip-fdg', 'ddip-fdg-128', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet',
+['ddip-fdg', 'ddip-fdg-128', 'ddip-fdg-128-v2', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet',
  'legopet-drf20-128', 'pet-dds', 'pet-dds-mr', 'red-drf100-128', 'red-drf20', 'red-drf20-128']
 >>> red = pettk.models.load("red-drf20")   # doctest: +SKIP
 
@@ -36,11 +36,11 @@ _HERE = Path(__file__).resolve().parent
 REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet",
             "ddip-fdg-128": "ddip", "pet-dds": "pet-dds", "pet-dds-mr": "pet-dds", "dream-drf20-128": "dream",
             "dream-drf100-128": "dream", "red-drf20-128": "red", "red-drf100-128": "red",
-            "legopet-drf20-128": "legopet"}
+            "legopet-drf20-128": "legopet", "ddip-fdg-128-v2": "ddip"}
 
 #: Derived model → the shipped model whose network it runs (PET-DDS on a DDIP network, see
 #: :meth:`pettk.priors.PETDDS.from_ddip`).
-DERIVED = {"pet-dds-mr": "ddip-fdg-128"}
+DERIVED = {"pet-dds-mr": "ddip-fdg-128-v2"}
 
 #: Method → ``(module, class)`` whose ``load(path, device)`` reads its checkpoints.
 LOADERS = {"red": ("pettk.priors.red", "RED"), "dream": ("pettk.priors.dream", "DREAM"),
