@@ -346,7 +346,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     # an image prior's settings tuned per DRF (its JSON's settings_by_drf), under the given changes
     tuned = {m: tuned_settings(checkpoints.get(m) or DEFAULT_MODELS[m]) for m in base_models}
     drf_models = {(m, d): settings_for_drf(base_models[m], tuned[m], d, m, strict=False, **model_settings.get(m, {}))
-                  if tuned[m].get(d) else models[m] for m in base_models for d in drfs}
+                  for m in base_models for d in drfs}
     if data_dir is not None:
         size = int(manifest["config"]["image_size"])
         sinogram = manifest.get("sinogram_shape") or geometry_from_dict(manifest["geometry"]).shape

@@ -15,6 +15,8 @@ refuses a model that does not fit the evaluated data with a ``ValueError`` sayin
 
 from __future__ import annotations
 
+import math
+
 from ..sim.datasets import DatasetConfig
 
 __all__ = ["model_image_size", "implied_image_size", "check_models_fit_data"]
@@ -81,7 +83,9 @@ def check_models_fit_data(models: dict, image_size: int, sinogram_shape, drfs=No
     for method, model in models.items():
         names = " / ".join(n for n, m in shipped.REGISTRY.items() if m == method) or "none yet"
         model_drf = getattr(model, "drf", None)
-        others = [float(d) for d in drfs or () if model_drf is not None and abs(float(d) - model_drf) > 1e-6 * model_drf]
+        # the same tolerance as the restorers' own check (priors.base.check_low_dose_counts)
+        others = [] if model_drf is None else [float(d) for d in drfs or ()
+                                               if not math.isclose(float(d), model_drf, rel_tol=1e-6)]
         if others:
             raise ValueError(f"the {method} model restores DRF {model_drf:g} data (one model per DRF) but DRF "
                              f"{', '.join(f'{d:g}' for d in others)} is evaluated too; evaluate its DRF only (--drf "

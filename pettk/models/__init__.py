@@ -104,10 +104,13 @@ def load(name: str, device="cpu", drf: float | None = None):
 
 
 def _settings_json(source) -> Path:
-    """The JSON beside a model: a shipped name's configuration, or ``<checkpoint>.json``."""
+    """The JSON beside a model: a shipped name's configuration, or the checkpoint's (the path
+    :func:`pettk.io.checkpoint.save_checkpoint` writes it to)."""
+    from ..io.checkpoint import _config_path
+
     if isinstance(source, str) and source in REGISTRY:
         return config_path(source)
-    return Path(source).with_suffix(".json")
+    return _config_path(Path(source))
 
 
 def tuned_settings(source) -> dict[float, dict]:
