@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from . import _joseph_cpu as K
+from . import _joseph_lm_tof as LM
 from . import _joseph_sino as S
 from ._threads import keep_torch_threads
 
@@ -85,7 +86,7 @@ class CPUPlan:
                 K.forward2d(img, self._strides, self._shape, self._origin, self._vs, self._trans, out)
         elif self.list_mode_tof:
             out = np.empty(self.n_lors, dtype=img.dtype)
-            K.forward3d_lm_tof(*args, self._tof, self.tof.n_bins, self._tof_bin, out)
+            LM.forward3d_lm_tof(*args, self._tof, self.tof.n_bins, self._tof_bin, out)
         else:
             if self._sino:
                 out = np.empty((self._axial.shape[0], self._trans.shape[0], self.tof.n_bins), dtype=img.dtype)
@@ -118,7 +119,7 @@ class CPUPlan:
             else:
                 K.adjoint2d(yv, self._strides, self._shape, self._origin, self._vs, self._trans, buffers)
         elif self.list_mode_tof:
-            K.adjoint3d_lm_tof(yv, *geo, self._tof, self.tof.n_bins, self._tof_bin, buffers)
+            LM.adjoint3d_lm_tof(yv, *geo, self._tof, self.tof.n_bins, self._tof_bin, buffers)
         else:
             y2 = yv.reshape(self.n_lors, self.tof.n_bins)
             if self._sino:
