@@ -9,12 +9,8 @@ from _helpers import assert_adjoint, random_lors
 
 import pettk
 from pettk.backends import _tof_table as T
+from pettk.backends._joseph_cpu import tof_vector
 from pettk.geometry import LORList, TOFParams
-
-
-def _tof_vector(tof):
-    return np.array([tof.first_edge_mm, tof.bin_width_mm, tof.sigma_mm, tof.n_sigmas * tof.sigma_mm,
-                     1.0 / tof.bin_width_mm, 1.0 / (math.sqrt(2.0) * tof.sigma_mm)])
 
 
 def _exact(u, tof):
@@ -29,7 +25,7 @@ def _exact(u, tof):
 ])
 def test_weight_table_error_bound(fwhm_ps, width, n_sigmas, rel_bound):
     tof = TOFParams(fwhm_ps=fwhm_ps, n_bins=9, bin_width_mm=width, n_sigmas=n_sigmas)
-    table, inv_step = T.weight_table(_tof_vector(tof), True)
+    table, inv_step = T.weight_table(tof_vector(tof), True)
     u = np.random.default_rng(0).uniform(-(n_sigmas * tof.sigma_mm + 0.5 * width),
                                          n_sigmas * tof.sigma_mm + 0.5 * width, 20000)
     err = np.abs(np.array([T.lookup(table, inv_step, v) for v in u]) - _exact(u, tof))
@@ -38,9 +34,9 @@ def test_weight_table_error_bound(fwhm_ps, width, n_sigmas, rel_bound):
 
 
 def test_weight_table_empty_for_float64_and_too_wide_bins():
-    assert T.weight_table(_tof_vector(TOFParams(fwhm_mm=20.0, n_bins=5, bin_width_mm=9.0)), False)[0].size == 0
+    assert T.weight_table(tof_vector(TOFParams(fwhm_mm=20.0, n_bins=5, bin_width_mm=9.0)), False)[0].size == 0
     wide = TOFParams(fwhm_mm=2.0, n_bins=5, bin_width_mm=60.0)  # 70 sigma wide: > MAX_NODES entries
-    assert T.weight_table(_tof_vector(wide), True)[0].size == 0
+    assert T.weight_table(tof_vector(wide), True)[0].size == 0
 
 
 @pytest.fixture(scope="module")
@@ -82,7 +78,8 @@ def test_float32_without_table_matches_reference():
     grid = pettk.ImageGrid((24, 20, 10), (2.0, 2.5, 3.0))
     start, end = random_lors(rng, 400, 3, radius=60.0, axial_half=20.0)
     tof = TOFParams(fwhm_mm=2.0, n_bins=3, bin_width_mm=60.0)
-    case = (grid, LORList(start, end, tof_bin=rng.integers(0, 3, size=400)), tof, rng.random(grid.shape), rng.random(400))
+    lors = LORList(start, end, tof_bin=rng.integers(0, 3, size=400))
+    case = (grid, lors, tof, rng.random(grid.shape), rng.random(400))
     cpu = _projections(*case, torch.float32, "cpu")
     ref = _projections(*case, torch.float64, "reference")
     for a, b in zip(cpu, ref):

@@ -32,6 +32,13 @@ from numba import njit, prange
 PAD = 2
 
 
+def tof_vector(tof) -> np.ndarray:
+    """The TOF parameter vector of the kernels, float64: ``[first_edge_mm, bin_width_mm, sigma_mm,
+    reach_mm = n_sigmas * sigma_mm, 1 / bin_width_mm, 1 / (sqrt(2) sigma_mm)]``."""
+    return np.array([tof.first_edge_mm, tof.bin_width_mm, tof.sigma_mm, tof.n_sigmas * tof.sigma_mm,
+                     1.0 / tof.bin_width_mm, 1.0 / (np.sqrt(2.0) * tof.sigma_mm)], dtype=np.float64)
+
+
 # ---------------------------------------------------------------------------------------------
 # Per-LOR set-up: stepping axis, plane range and the interpolation coordinates as linear
 # functions of the plane index.

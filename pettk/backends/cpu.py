@@ -53,8 +53,7 @@ class CPUPlan:
             self._outer = bool(tables.outer)
         else:  # TOF always runs through the 3D kernels (2D gets a singleton z axis)
             self._shape, self._origin, self._vs, self._trans, self._axial, self._outer = K.as_3d(grid, tables)
-            self._tof = np.array([tof.first_edge_mm, tof.bin_width_mm, tof.sigma_mm, tof.n_sigmas * tof.sigma_mm,
-                                  1.0 / tof.bin_width_mm, 1.0 / (np.sqrt(2.0) * tof.sigma_mm)])
+            self._tof = K.tof_vector(tof)
             self._tof_bin = None if tables.tof_bin is None else np.ascontiguousarray(tables.tof_bin, dtype=np.int64)
         self._kernel_shape = tuple(int(n) for n in self._shape)
         # 3D sinograms run through the factorised kernels, except the LORs those leave out

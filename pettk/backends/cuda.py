@@ -203,12 +203,6 @@ class KernelGeometry:
         return {key: value for key, value in named.items() if value is not None}
 
 
-def tof_vector(tof) -> np.ndarray:
-    """The TOF parameter vector of the kernels (see :class:`KernelGeometry`), float64."""
-    return np.array([tof.first_edge_mm, tof.bin_width_mm, tof.sigma_mm, tof.n_sigmas * tof.sigma_mm,
-                     1.0 / tof.bin_width_mm, 1.0 / (np.sqrt(2.0) * tof.sigma_mm)], dtype=np.float64)
-
-
 def kernel_geometry(grid, tables, tof=None) -> KernelGeometry:
     """Describe ``grid``, ``tables`` (:class:`pettk.geometry.LORTables`) and ``tof`` for the kernels."""
     if tables.ndim != grid.ndim:
@@ -230,7 +224,7 @@ def kernel_geometry(grid, tables, tof=None) -> KernelGeometry:
         origin=np.ascontiguousarray(origin, dtype=np.float64), voxel_size=np.ascontiguousarray(vs, dtype=np.float64),
         trans=np.ascontiguousarray(trans, dtype=np.float64), axial=np.ascontiguousarray(axial, dtype=np.float64),
         outer=bool(outer), n_lors=int(tables.n_lors), n_bins=1 if list_mode else int(tof.n_bins),
-        tof=tof_vector(tof), tof_n_bins=int(tof.n_bins),
+        tof=_joseph_cpu.tof_vector(tof), tof_n_bins=int(tof.n_bins),
         tof_bin=np.ascontiguousarray(tables.tof_bin, dtype=np.int64) if list_mode else None)
 
 
