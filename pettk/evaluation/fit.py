@@ -89,8 +89,8 @@ def check_models_fit_data(models: dict, image_size: int, sinogram_shape, drfs=No
         if others:
             raise ValueError(f"the {method} model restores DRF {model_drf:g} data (one model per DRF) but DRF "
                              f"{', '.join(f'{d:g}' for d in others)} is evaluated too; evaluate its DRF only (--drf "
-                             f"{model_drf:g}) or give a {method} model of that DRF (--checkpoint {method}=NAME_OR_PATH; "
-                             f"shipped: {names})")
+                             f"{model_drf:g}) or give a {method} model of that DRF "
+                             f"(--checkpoint {method}=NAME_OR_PATH; shipped: {names})")
         trained = model_image_size(model)
         if trained is not None and trained != (size, size):
             raise ValueError(f"the {method} model was trained on {trained[0]} x {trained[1]} images but the "
