@@ -17,7 +17,6 @@ import sys
 
 import numpy as np
 import pytest
-import torch
 
 import pettk
 

@@ -25,13 +25,14 @@ from .._version import __version__
 from .atomic import atomic_path
 from .errors import FileFormatError, as_path, existing_file, reading
 
-__all__ = ["save_checkpoint", "load_checkpoint"]
+__all__ = ["save_checkpoint", "load_checkpoint", "config_json_path"]
 
 #: Key the safetensors header reserves for its string metadata; no tensor can have it.
 _RESERVED_KEY = "__metadata__"
 
 
-def _config_path(path: Path) -> Path:
+def config_json_path(path: Path) -> Path:
+    """The JSON configuration :func:`save_checkpoint` writes beside the weights file ``path``."""
     return path.with_suffix(".json")
 
 
@@ -90,7 +91,7 @@ def save_checkpoint(path, state_dict: dict, config: dict | None = None) -> Path:
     text = json.dumps(meta, indent=2, sort_keys=True)  # fails early on non-serialisable config
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp))
-    with atomic_path(_config_path(path)) as tmp:
+    with atomic_path(config_json_path(path)) as tmp:
         tmp.write_text(text)
     return path
 
@@ -124,7 +125,7 @@ def load_checkpoint(path, device="cpu") -> tuple[dict, dict]:
         state = load_file(str(path), device="cpu")
     if dev.type != "cpu":
         state = {k: v.to(dev) for k, v in state.items()}
-    cfg_path = _config_path(path)
+    cfg_path = config_json_path(path)
     if not cfg_path.exists():
         return state, {}
     cfg_path = existing_file(cfg_path, "checkpoint configuration")

@@ -106,11 +106,11 @@ def load(name: str, device="cpu", drf: float | None = None):
 def _settings_json(source) -> Path:
     """The JSON beside a model: a shipped name's configuration, or the checkpoint's (the path
     :func:`pettk.io.checkpoint.save_checkpoint` writes it to)."""
-    from ..io.checkpoint import _config_path
+    from ..io.checkpoint import config_json_path
 
     if isinstance(source, str) and source in REGISTRY:
         return config_path(source)
-    return _config_path(Path(source))
+    return config_json_path(Path(source))
 
 
 def tuned_settings(source) -> dict[float, dict]:
