@@ -11,6 +11,7 @@ from _map_reference import small_map_problem
 
 import pettk
 from pettk.recon import ReconState, map_objective, rdp, svrg_map, svrg_map_iterates
+from pettk.recon.svrg import SAFE_SNAPSHOT_EVERY
 
 
 @pytest.fixture(scope="module", params=[("2d", 0.5), ("2d", 2.0), ("3d", 0.5)], ids=lambda p: f"{p[0]}-beta{p[1]}")
@@ -53,9 +54,24 @@ def test_svrg_objective_increases_on_average(problem):
     assert np.all((np.diff(windows) > 0) | (converged[1:] & converged[:-1])), windows
     assert np.diff(windows)[0] > 0 and not converged[0]
     assert max(values) <= phi_ref + 1e-9 * abs(phi_ref)
-    assert len(snapshots) >= 25
+    assert len(snapshots) >= 15  # the first after the warm-up epoch, then at most every 4 epochs
     for reported, direct in snapshots:
         assert reported == pytest.approx(direct, rel=1e-12)
+
+
+def test_snapshot_interval_shortens_after_a_fall(problem):
+    """Snapshots come every ``snapshot_every`` epochs until one's objective falls below the previous
+    one's, then every ``SAFE_SNAPSHOT_EVERY`` (2): started at the optimum with 8 subsets, the SVRG
+    epochs amplify rounding-level deviations, so a fall happens within 20 epochs."""
+    _, model, y, prior, beta, x_ref, _ = problem
+    states = list(svrg_map_iterates(model, y, prior, beta, 20, 8, x0=x_ref, warmup=0, snapshot_every=4))
+    at = [s.iteration for s in states if s.info["snapshot"]]
+    objectives = [s.info["objective"] for s in states if s.info["snapshot"]]
+    falls = [i for i in range(1, len(at)) if objectives[i] < objectives[i - 1]]
+    assert at[0] == 1 and falls
+    gaps = np.diff(at)
+    assert np.all(gaps[:falls[0]] == 4), at
+    assert np.all(gaps[falls[0]:] == SAFE_SNAPSHOT_EVERY), at
 
 
 def test_svrg_fixed_point_is_the_optimum(problem):

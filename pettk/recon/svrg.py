@@ -30,7 +30,12 @@ Safeguard: the snapshot's full forward projections give ``Phi(x_snap)`` at no ex
 (summed in float64: near the optimum its changes are below float32's resolution of the sum).
 If it fell since the previous snapshot, the step cap halves (``cap <- alpha / 2``), so a too-long
 step cannot keep the iterates from the optimum; if it rose, the cap grows by ``CAP_GROWTH`` (up to
-``max_step``), so that one noisy snapshot does not slow the rest of the run. Non-negativity is by projection.
+``max_step``), so that one noisy snapshot does not slow the rest of the run. A fall also shortens the
+snapshot interval to ``SAFE_SNAPSHOT_EVERY`` (2) for the rest of the run: an SVRG epoch amplifies
+a small deviation from the optimum when the subsets are few views each (measured on the 16² test
+problem started at the L-BFGS-B optimum, 8 subsets of 3 views, step 1: 3e-8 -> 3e-7 -> 4e-6 ->
+7e-5 relative distance over three SVRG epochs), so near the optimum the snapshots must come often;
+far from it (the benchmark cases), longer intervals are faster. Non-negativity is by projection.
 
 Why ``D`` follows the iterate (issue 25, ``docs/map_solvers.md``): with ``D`` frozen at the
 snapshot, as in the first version, low counts with a strong RDP diverged. At a hot voxel of the
@@ -49,11 +54,14 @@ Cost: an epoch is one full projector-equivalent (forward and back projection of 
 snapshot epoch spends it on the full gradient (and takes one full-gradient step); every other
 epoch takes ``M`` subset steps. Memory: ``M + 5`` images besides the data.
 
-3D (``docs/map_solvers.md``): on the PETRIC benchmark's 3D ``mmr-like`` section, 112 subsets,
-``snapshot_every=3, max_step=1`` (not the defaults) needs 7 epochs against the defaults' 9
-(BSREM: 22): two SVRG epochs per snapshot, and a step that starts where the safeguard would
-take the default cap of 2 after its first overshoot. The snapshot's full-gradient step itself
-moves the image as little as one subset step; skipping it changes nothing measurable.
+Defaults (``docs/map_solvers.md``): ``snapshot_every=4, max_step=1``, chosen on both cases of
+``benchmarks/test_map_convergence.py`` (the 3D ``mmr-like`` section over three noise seeds, the 2D
+slice): three SVRG epochs per snapshot, and a step that starts where the safeguard would take a
+cap of 2 after its first overshoot. At 112 subsets in 3D they need 7 / 8 / 7 epochs (BSREM 22 /
+28 / 26; the earlier defaults ``snapshot_every=2, max_step=2``: 9 / 11 / 9); in 2D the best run
+stays at 7 epochs (56 subsets) but runs with 7-28 subsets need more (46 / 24 / 12 against 33 /
+19 / 11). The snapshot's full-gradient step itself moves the image as little as one subset step;
+skipping it changes nothing measurable.
 """
 
 from __future__ import annotations
@@ -69,15 +77,17 @@ from .map import _check_prior, default_delta, subset_order
 __all__ = ["svrg_map", "svrg_map_iterates", "SVRG_DEFAULT_STEP", "SVRG_DEFAULT_MAX_STEP", "SVRG_DEFAULT_WARMUP",
            "SVRG_DEFAULT_SNAPSHOT_EVERY"]
 
-#: Defaults, chosen on the 2D ``mmr-like`` brain case of ``benchmarks/test_map_convergence.py``
+#: Defaults, chosen on the 2D and 3D ``mmr-like`` brain cases of ``benchmarks/test_map_convergence.py``
 #: (``docs/map_solvers.md``): the first step, the largest step, the plain subset epochs before the
 #: first snapshot, and the epochs from one snapshot to the next.
 SVRG_DEFAULT_STEP = 1.0
-SVRG_DEFAULT_MAX_STEP = 2.0
+SVRG_DEFAULT_MAX_STEP = 1.0
 SVRG_DEFAULT_WARMUP = 1
-SVRG_DEFAULT_SNAPSHOT_EVERY = 2
+SVRG_DEFAULT_SNAPSHOT_EVERY = 4
 #: Growth of the step cap at each snapshot whose objective rose (see the module docstring).
 CAP_GROWTH = 1.25
+#: Epochs from one snapshot to the next once a snapshot's objective has fallen (see the module docstring).
+SAFE_SNAPSHOT_EVERY = 2
 
 
 def _n_views(model) -> int:
@@ -108,8 +118,9 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
         Epochs of plain preconditioned subset steps ``x <- P_+[x + alpha D (M grad L_m - beta grad
         R)]`` before the first snapshot (>= 0). They move fast while the subsets still agree.
     snapshot_every : int
-        Epochs from one snapshot to the next (>= 1; 1: every epoch is a full-gradient step). 3 with
-        ``max_step=1`` is the faster setting on the 3D benchmark case (see the module docstring).
+        Epochs from one snapshot to the next (>= 1; 1: every epoch is a full-gradient step), until
+        a snapshot's objective falls; from then on ``min(snapshot_every, SAFE_SNAPSHOT_EVERY)``
+        (see the module docstring).
     delta : float, optional
         Keeps ``D`` positive at ``x = 0`` so that zero voxels can grow; image units. Default
         ``DEFAULT_DELTA`` (0.5) times the mean of the start image over the field of view, as in
@@ -174,6 +185,7 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
         return torch.where(keep, image.clamp_min_(0.0), zero)
 
     alpha, cap = step, max_step
+    interval, next_snapshot, snapshots = snapshot_every, warmup, 0
     stored = full_lik = precond = snap_curvature = None
     last = None  # (x_snap, full gradient, objective) of the previous snapshot
     for k in range(n_iter):
@@ -188,7 +200,7 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
                 if beta > 0:
                     grad -= beta * prior_grad
                 x = project(x + alpha * precond * grad)
-        elif (k - warmup) % snapshot_every == 0:
+        elif k == next_snapshot:
             stored, value, full_lik = [], 0.0, torch.zeros_like(x)
             for s in subset_progress(range(M)):
                 g, v = likelihood_gradient(s, x, want_value=True)
@@ -201,6 +213,7 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
             if last is not None:
                 if objective < last[2]:
                     cap = max(alpha / 2, step / 10)
+                    interval = min(interval, SAFE_SNAPSHOT_EVERY)
                 else:
                     cap = min(cap * CAP_GROWTH, max_step)
                 if adaptive:
@@ -212,11 +225,11 @@ def svrg_map_iterates(model, y, prior, beta: float, n_iter: int, n_subsets: int 
                         alpha = curvature / weighted
                 alpha = min(max(alpha, step / 10), cap)
             last = (x.clone(), full, objective)
+            next_snapshot, snapshots = k + interval, snapshots + 1
             info.update(snapshot=True, objective=objective)
             x = project(x + alpha * precond * full)
         else:
-            epoch = (k - warmup) // snapshot_every
-            for s in subset_progress(order if epoch % 2 == 0 else order[::-1]):
+            for s in subset_progress(order if snapshots % 2 == 1 else order[::-1]):
                 v = M * (likelihood_gradient(s, x) - stored[s]) if M > 1 else likelihood_gradient(s, x) - stored[s]
                 v += full_lik
                 prior_grad, step_precond, _ = preconditioner(x, snap_curvature)
