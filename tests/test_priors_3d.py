@@ -88,6 +88,26 @@ def test_ssrb_of_an_axially_uniform_object_is_planes_times_the_2d_projection():
         assert np.allclose(stacked[k], expected, rtol=1e-4, atol=1e-6 * expected.max())
 
 
+def test_ssrb_keeps_only_planes_up_to_a_ring_difference():
+    layout = TINY.layout
+    rings = np.asarray(layout.plane_rings)
+    # 4 rings: with |r_a - r_b| <= 1 a direct slice keeps its one plane, a cross slice its two
+    assert ssrb_planes(layout, 1).tolist() == [1, 2, 1, 2, 1, 2, 1]
+    assert ssrb_planes(layout, 3).tolist() == ssrb_planes(layout).tolist()
+    y = torch.rand(3, *layout.shape, dtype=torch.float64)
+    for d in (1, 2):
+        expected = torch.zeros(3, 7, 48, 49, dtype=torch.float64)
+        for p, (ra, rb) in enumerate(rings):
+            if abs(ra - rb) <= d:
+                expected[:, ra + rb] += y[:, p]
+        torch.testing.assert_close(ssrb(layout, y, d), expected)
+        np.testing.assert_allclose(ssrb(layout, y.numpy(), d), expected.numpy())
+    torch.testing.assert_close(ssrb(layout, y, 3), ssrb(layout, y))
+    for bad in (0, -1, 1.5, True):
+        with pytest.raises(ValueError, match="max_ring_difference must be an integer >= 1"):
+            ssrb(layout, y, bad)
+
+
 def test_ssrb_rejects_bad_input():
     with pytest.raises(TypeError, match="SinogramLayout"):
         ssrb(TINY.layout_2d, np.zeros((48, 49)))
@@ -241,6 +261,8 @@ def test_rebinned_volume_rejects_bad_input(legopet_32):
         rebinned_volume(legopet_32, model_low, y_low[:8])
     with pytest.raises(ValueError, match="refine_iterations"):
         rebinned_volume(legopet_32, model_low, y_low, refine_iterations=-1)
+    with pytest.raises(ValueError, match="max_ring_difference must be an integer >= 1"):
+        rebinned_volume(legopet_32, model_low, y_low, ssrb_max_ring_difference=0)
 
 
 # ---------------------------------------------------------------------------------------------

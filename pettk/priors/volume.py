@@ -38,6 +38,8 @@ __all__ = ["restore_planes", "reconstruct_restored", "rebinned_volume", "axial_i
 
 #: Planes per network batch on the CPU (the CPU is bound by arithmetic, not memory).
 CPU_PLANES_PER_BATCH = 16
+#: Largest ring difference of the planes in :func:`rebinned_volume`'s SSRB stack (None: every plane).
+SSRB_MAX_RING_DIFFERENCE = None
 
 
 def planes_per_batch(n_planes: int, device, batch_size: int | None = None, *, plane_bytes: int | None = None) -> int:
@@ -188,12 +190,14 @@ def axial_interpolation(slices: torch.Tensor, positions_mm, grid: ImageGrid) -> 
 
 
 def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations: int = 10,
-                    refine_weight: float = 1.0, batch_size: int | None = None, generator=None,
-                    progress: bool = False, **sample_kwargs):
+                    refine_weight: float = 1.0, ssrb_max_ring_difference: int | None = SSRB_MAX_RING_DIFFERENCE,
+                    batch_size: int | None = None, generator=None, progress: bool = False, **sample_kwargs):
     """A sinogram-conditioned 2D prior (LegoPET) on a 3D ring scan: SSRB, 2D sampling, 3D refinement.
 
     1. The 3D counts are rebinned by SSRB into ``2 R - 1`` direct-plane sinograms, each the sum of
-       its planes (:func:`pettk.rebinning.ssrb`).
+       its planes with ring difference ``<= ssrb_max_ring_difference`` (:func:`pettk.rebinning.ssrb`;
+       SSRB blurs axially in proportion to the ring difference, so the stack that conditions the
+       sampler takes the near-direct planes only; the refinement uses every plane).
     2. Each rebinned sinogram is sampled by ``prior.reconstruct`` with a 2D model of the direct
        plane (its own data-consistency steps off: the slices have no 2D physics model of their own),
        in batches of ``batch_size`` (each batch one call of the sampler: the same ``generator`` /
@@ -214,6 +218,10 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
         :class:`~pettk.geometry.SinogramLayout`; the grid's transaxial shape must be the prior's.
     y : array or tensor ``forward_model.shape_out``
         Counts.
+    refine_iterations, refine_weight : step 4.
+    ssrb_max_ring_difference : int >= 1 or None
+        The planes of the sampler's SSRB stack (step 1; ``None``: every plane). Default
+        :data:`SSRB_MAX_RING_DIFFERENCE`.
     sample_kwargs : passed to ``prior.reconstruct`` (e.g. ``steps``, ``n_samples``).
 
     Returns
@@ -246,7 +254,7 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
 
     grid_2d = ImageGrid(tuple(grid.shape[:2]), tuple(grid.voxel_size_mm[:2]))
     model_2d = ForwardModel(Projector(grid_2d, SinogramLayout2D(layout.scanner, layout.radial_trim)))
-    stack = ssrb(layout, y_t)
+    stack = ssrb(layout, y_t, ssrb_max_ring_difference)
     step = planes_per_batch(stack.shape[0], y_t.device, batch_size)
     slices = []
     starts = range(0, stack.shape[0], step)
