@@ -11,7 +11,7 @@ randoms and scatter) at DRF 20 and 100, reconstructed through the runner of ``pe
   ``dream-drf{20,100}-128``), then OSEM of the restored sinogram (the default iterations);
 * DDIP (``ddip-fdg-128``) and PET-DDS (``pet-dds-mr``) with their settings for the DRF
   (:func:`pettk.models.load` with ``drf=``);
-* LegoPET (``legopet-drf20-128``) at DRF 20 only (no DRF-100 model is shipped).
+* LegoPET: the shipped model of the DRF (``legopet-drf{20,100}-128``).
 
 So a row is what one slice of the README's 128² tables costs. The CUDA rows run when a GPU is
 present (skipped otherwise). One round each: a method's time is dominated by its EM iterations or
@@ -40,7 +40,7 @@ DEVICES = ("cpu", "cuda")
 def _model_name(method: str, drf: float) -> str | None:
     """The shipped 128² model of ``method`` at ``drf`` (None: a classical method)."""
     return {"red": f"red-drf{drf:g}-128", "dream": f"dream-drf{drf:g}-128", "ddip": "ddip-fdg-128",
-            "pet-dds": "pet-dds-mr", "legopet": "legopet-drf20-128"}.get(method)
+            "pet-dds": "pet-dds-mr", "legopet": f"legopet-drf{drf:g}-128"}.get(method)
 
 
 @pytest.fixture(scope="module")
@@ -68,8 +68,6 @@ def _on(case, device):
 def test_seconds_per_slice(benchmark, record, slices, method, drf, device):
     if device == "cuda" and not torch.cuda.is_available():
         pytest.skip("no CUDA device")
-    if method == "legopet" and drf != 20.0:
-        pytest.skip("LegoPET ships a DRF-20 model only")
     name = _model_name(method, drf)
     model = None if name is None else models.load(name, device=device, drf=drf)
     case = _on(slices[drf], device)

@@ -15,7 +15,7 @@ evaluate`` (2D, per DRF) and ``pettk recon --drf`` apply them.
 >>> import pettk.models
 >>> pettk.models.available()          # doctest: +SKIP
 ['ddip-fdg', 'ddip-fdg-128', 'ddip-fdg-128-v2', 'dream-drf100-128', 'dream-drf20', 'dream-drf20-128', 'legopet',
- 'legopet-drf20-128', 'pet-dds', 'pet-dds-mr', 'red-drf100-128', 'red-drf20', 'red-drf20-128']
+ 'legopet-drf100-128', 'legopet-drf20-128', 'pet-dds', 'pet-dds-mr', 'red-drf100-128', 'red-drf20', 'red-drf20-128']
 >>> red = pettk.models.load("red-drf20")   # doctest: +SKIP
 
 :func:`load_checkpoint_for` loads a user checkpoint of a given method the same way.
@@ -36,7 +36,7 @@ _HERE = Path(__file__).resolve().parent
 REGISTRY = {"red-drf20": "red", "dream-drf20": "dream", "ddip-fdg": "ddip", "legopet": "legopet",
             "ddip-fdg-128": "ddip", "pet-dds": "pet-dds", "pet-dds-mr": "pet-dds", "dream-drf20-128": "dream",
             "dream-drf100-128": "dream", "red-drf20-128": "red", "red-drf100-128": "red",
-            "legopet-drf20-128": "legopet", "ddip-fdg-128-v2": "ddip"}
+            "legopet-drf20-128": "legopet", "legopet-drf100-128": "legopet", "ddip-fdg-128-v2": "ddip"}
 
 #: Derived model → the shipped model whose network it runs (PET-DDS on a DDIP network, see
 #: :meth:`pettk.priors.PETDDS.from_ddip`).
