@@ -120,7 +120,8 @@ def test_cli_estimate_corrections(acquisition, tmp_path, capsys):
     mu_path = save_nifti(tmp_path / "mu.nii.gz", a["mu"].astype(np.float32), grid)
     out = tmp_path / "image.nii.gz"
     assert main(["recon", "--petsird", str(sim.path), "--estimate-corrections", "--mu", str(mu_path), "-o", str(out),
-                 "--scatter-rounds", "2", "--scatter-step", "8", "--iterations", "3", "--subsets", "4", "--no-progress"]) == 0
+                 "--scatter-rounds", "2", "--scatter-step", "8", "--iterations", "3", "--subsets", "4",
+                 "--no-progress"]) == 0
     printed = capsys.readouterr().out
     assert "% of the prompts" in printed and "image.corrections.json" in printed
     report = json.loads((tmp_path / "image.corrections.json").read_text())
@@ -143,7 +144,7 @@ def test_cli_estimate_corrections(acquisition, tmp_path, capsys):
 
 def test_bad_input_raises_before_work(acquisition, tmp_path):
     a = acquisition
-    sim, grid, mu = a["sim"], a["grid"], a["mu"]
+    sim, mu = a["sim"], a["mu"]
     empty = {(0, 0): (np.zeros((0, 2), dtype=np.int64), np.zeros(0, dtype=np.int64))}
     one = {(0, 0): (np.array([[40, 3]]), np.array([4]))}
     no_delayeds = write_petsird(tmp_path / "prompts_only.bin", a["header"], one)

@@ -9,8 +9,8 @@ from pettk.evaluation.volumes import VolumeData, evaluate_volumes, section_geome
 from pettk.metrics import axial_gradient_error
 
 #: A small section: 2 rings of the mmr-like scanner (4 planes), 64 × 64 × 4 voxels of 4.17 mm.
-SMALL = VolumeData(subjects=2, validation_subjects=1, rings=2, shape=(64, 64, 4), voxel_size_mm=(4.1726, 4.1726, 2.03125),
-                   counts=3e5, lesions=1, z_offset_mm=5.0)
+SMALL = VolumeData(subjects=2, validation_subjects=1, rings=2, shape=(64, 64, 4),
+                   voxel_size_mm=(4.1726, 4.1726, 2.03125), counts=3e5, lesions=1, z_offset_mm=5.0)
 
 
 def test_axial_gradient_error_by_hand():

@@ -167,6 +167,6 @@ def test_recon_drf_and_model_setting_for_an_image_prior(ddip, tmp_path):
                         (["--model", str(plain), "--model-setting", "final_em=4"], "no settings"),
                         (["--model-setting", "steps=4"], "is for the image priors")):
         with pytest.raises(SystemExit, match=words):
-            main(["recon", str(sino), "-o", str(tmp_path / "x.nii.gz"), *(restorer if "--model" not in args else common),
-                  *args])
+            options = restorer if "--model" not in args else common
+            main(["recon", str(sino), "-o", str(tmp_path / "x.nii.gz"), *options, *args])
     assert not (tmp_path / "x.nii.gz").exists()

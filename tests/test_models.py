@@ -3,7 +3,8 @@
 Every registered model must ship (weights + JSON configuration + model card), each weights file
 within 25 MB and all of them within 64 MiB (the package stays a quick install), and run one
 inference on a held-out simulated slice at DRF 20 (a restorer: at its own DRF) through the
-same runner ``pettk demo`` uses (the 128² DDIP networks with 5 instead of 20 diffusion steps), giving a finite image on the truth's grid that is closer to the
+same runner ``pettk demo`` uses (the 128² DDIP networks with 5 instead of 20 diffusion steps),
+giving a finite image on the truth's grid that is closer to the
 truth than the trivial baseline (a uniform image with the truth's mean activity).
 """
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
 from .._version import __version__
+from .values import setting_value
 
 DEMO_METHODS = ("osem", "bsrem-rdp", "red", "dream", "ddip", "legopet")
 #: pettk.evaluation.METHODS, spelled out so that building the parser imports no torch.
@@ -46,14 +46,6 @@ def _run_evaluation(output, methods, data, checkpoints, device, progress, prog="
     print(f"wrote {out / 'metrics.md'}, {out / 'metrics.csv'}, {out / 'slices.csv'}, {extra}figure(s) and "
           f"{out / 'nifti'}/ in {time.perf_counter() - start:.0f} s")
     return 0
-
-
-def setting_value(text: str):
-    """A ``--model-setting`` VALUE: parsed as JSON (``8``, ``0.3``, ``true``, ``[1, 2]``), else the string."""
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError:
-        return text
 
 
 def _model_settings(specs) -> dict:

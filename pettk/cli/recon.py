@@ -169,7 +169,7 @@ def _learned_model(args: argparse.Namespace):
     from ..evaluation import load_method_model
     from ..evaluation.methods import DEFAULT_MODELS
     from ..models import settings_for_drf, tuned_settings, with_settings
-    from .evaluate import setting_value
+    from .values import setting_value
 
     name = args.model or DEFAULT_MODELS.get(args.method)
     if name is None:
