@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 from ...diffusion.nets import RED_FULL, RED_GPU, RED_TINY, ConvNeXtUNetConfig
 from ...diffusion.train import TrainConfig
-from .._config import Bool, Choice, Int, Nested, PriorConfig, Real, checked
+from .._config import Bool, Int, Nested, PriorConfig, Real, checked
 
 __all__ = ["REDConfig", "RED_SCALE_FLOOR"]
 
@@ -36,12 +36,6 @@ class REDConfig(PriorConfig):
         Drift scale range ``r ~ U(0, r_max)`` of DCN training.
     lambda_ssim : float
         Weight of ``1 - SSIM`` in the REN loss.
-    train_k : {"uniform", "visited"}
-        Process steps the REN is trained at: ``"uniform"``, every ``k = 1..T`` with equal
-        probability (the paper); ``"visited"``, only the ``sampling_steps`` steps the reverse chain
-        runs the REN at (:meth:`ResidualSchedule.timesteps`), so that no training goes to steps the
-        sampler never visits (with one reverse step, ``k = T`` alone: a direct residual regression).
-        The DCN is trained at uniform ``k`` either way.
     drf : float
         The dose-reduction factor this model is for (one model per DRF).
     crop_size : int, optional
@@ -74,7 +68,6 @@ class REDConfig(PriorConfig):
     batch_size: int = checked(8, Int(1))
     r_max: float = checked(10.0, Real(0.0, min_open=True))
     lambda_ssim: float = checked(1.0, Real(0.0))
-    train_k: str = checked("uniform", Choice(("uniform", "visited")))
     drf: float = checked(20.0, Real(1.0))
     crop_size: int | None = checked(None, Int(8, optional=True))
     augment: bool = checked(False, Bool())

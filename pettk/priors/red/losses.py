@@ -46,24 +46,15 @@ def _pair(batch: dict, part: slice) -> tuple[torch.Tensor, torch.Tensor]:
     return x_T, x0
 
 
-def ren_loss(schedule: ResidualSchedule, lambda_ssim: float = 1.0, steps: list[int] | None = None):
+def ren_loss(schedule: ResidualSchedule, lambda_ssim: float = 1.0):
     """REN objective ``MSE(R_θ(x_k, k), R) + λ (1 - SSIM(x_k - alpha_k R_θ, x_0))`` (METHODS §3.4).
 
     ``batch["low"]``/``batch["full"]`` are ``(B, H, W)`` RED-normalised sinograms (``x_T``, ``x_0``).
-    ``steps``: the process steps ``k`` to train at, drawn with equal probability (default every
-    ``k = 1..T``, the paper; :attr:`REDConfig.train_k` ``"visited"`` passes the sampler's steps).
     """
-    if steps is not None:
-        steps_t = torch.as_tensor(list(steps), dtype=torch.long)
-        if steps_t.ndim != 1 or steps_t.numel() == 0 or bool(((steps_t < 1) | (steps_t > schedule.T)).any()):
-            raise ValueError(f"steps must be a non-empty list of process steps in 1..{schedule.T}, got {steps!r}")
 
     def loss_fn(model, batch, generator, part):
         x_T, x0 = _pair(batch, part)
-        if steps is None:
-            k = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator)
-        else:
-            k = steps_t[torch.randint(0, steps_t.numel(), (x0.shape[0],), generator=generator)]
+        k = torch.randint(1, schedule.T + 1, (x0.shape[0],), generator=generator)
         x_T, x0, k = x_T[part], x0[part], k[part].to(x0.device)
         residual = x_T - x0
         x_k = schedule.q_sample(x0, residual, k)

@@ -90,8 +90,7 @@ def train_red(config: REDConfig, dataset, out_dir=None, progress: bool = False, 
 
     torch.manual_seed(config.seed)
     ren = config.net.build().to(device)
-    ren_steps = schedule.timesteps(config.sampling_steps) if config.train_k == "visited" else None
-    trainer = Trainer(ren, _windowed(ren_loss(schedule, config.lambda_ssim, ren_steps), config), pairs,
+    trainer = Trainer(ren, _windowed(ren_loss(schedule, config.lambda_ssim), config), pairs,
                       config.train_config("ren"),
                       out_dir=None if out is None else out / "ren", device=device, model_config=meta,
                       progress=progress)
