@@ -25,6 +25,7 @@ from pettk.priors.legopet import (
     normalise_sinogram,
     pad_image,
     pnpnet_loss,
+    precorrect_sinogram,
     train_legopet,
     warm_start_cdpm,
 )
@@ -451,3 +452,53 @@ def test_trained_data_consistency_fits_the_counts_better(trained, tiny_data):
     from pettk.likelihood import poisson_deviance
 
     assert poisson_deviance(item["full"], fm.forward(dc)) < poisson_deviance(item["full"], fm.forward(plain))
+
+
+# ---------------------------------------------------------------------------------------------
+# The precorrected sinogram input (pettk extension)
+# ---------------------------------------------------------------------------------------------
+def _scaled_model(fm: ForwardModel, c: float) -> ForwardModel:
+    import copy
+
+    out = copy.copy(fm)
+    out.mult = fm.mult * c
+    out.additive = fm.additive * c
+    return out
+
+
+def test_precorrected_input_is_the_line_integral_at_any_count_level(untrained):
+    y = torch.tensor([[4.0, 2.0], [0.0, 5.0]])
+    mult = torch.tensor([[2.0, 0.5], [1.0, 0.0]])
+    additive = torch.tensor([[1.0, 1.0], [0.5, 1.0]])
+    torch.testing.assert_close(precorrect_sinogram(y, mult, additive), torch.tensor([[1.5, 2.0], [-0.5, 0.0]]))
+    torch.testing.assert_close(precorrect_sinogram(y), y)
+    pre = LegoPET(CONFIG.replace(sinogram_input="precorrected"), IMAGE, SINO, 2.0, untrained.pnpnet, untrained.cdpm,
+                  sinogram_scale=8.0)
+    g = torch.Generator().manual_seed(3)
+    mult = 0.2 + torch.rand(SINO, generator=g, dtype=torch.float64)
+    background = torch.full(SINO, 0.5, dtype=torch.float64)
+    fm = ForwardModel(_forward_model().projector, normalisation=mult, additive=background)
+    y = torch.poisson(torch.full(SINO, 6.0, dtype=torch.float64), generator=g)
+    expected = fit_sinogram(((y - 0.5) / mult / 8.0).to(torch.float32), pre.config.canvas).unsqueeze(1)
+    torch.testing.assert_close(pre.sinogram_canvas(y, fm), expected)
+    # a 3x longer scan (mult and additive 3x) of the same activity gives the same mean input
+    torch.testing.assert_close(pre.sinogram_canvas(3 * y, _scaled_model(fm, 3.0)), expected)
+    # the paper's input hides the count level instead: its own maximum
+    torch.testing.assert_close(untrained.sinogram_canvas(y, fm), untrained.sinogram_canvas(3 * y))
+    with pytest.raises(ValueError, match="sinogram_scale"):
+        LegoPET(CONFIG, IMAGE, SINO, 1.0, sinogram_scale=0.0)
+    with pytest.raises(ValueError, match="sinogram_input"):
+        CONFIG.replace(sinogram_input="counts").validate()
+
+
+def test_precorrected_training_records_its_scale_and_saves_it(tiny_data, tmp_path):
+    config = CONFIG.replace(sinogram_input="precorrected", pnpnet_steps=2, cdpm_steps=2)
+    model = train_legopet(config, tiny_data, tmp_path / "run")
+    ds = SliceDataset(tiny_data, "train", 4.0, "none")
+    peaks = [float(precorrect_sinogram(it["full"], it["mult"], it["additive"]).max()) for it in ds]
+    assert model.sinogram_scale == pytest.approx(float(np.mean(peaks)), rel=1e-5)
+    loaded = LegoPET.load(tmp_path / "run" / "legopet.safetensors")
+    assert loaded.sinogram_scale == model.sinogram_scale and loaded.config.sinogram_input == "precorrected"
+    assert LegoPET.load(model.save(tmp_path / "again.safetensors")).sinogram_scale == model.sinogram_scale
+    with pytest.raises(ValueError, match="pnpnet was trained on 'precorrected' sinograms"):
+        train_legopet(CONFIG, tiny_data, pnpnet=model)

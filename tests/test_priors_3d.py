@@ -246,6 +246,24 @@ def test_rebinned_volume_matches_the_counts_and_refines_towards_the_data(legopet
         pytest.approx(float(y_low.sum()), rel=1e-4)
 
 
+def test_rebinned_volume_with_a_precorrected_prior_precorrects_every_slice(legopet_32):
+    import copy
+
+    pre = LegoPET(legopet_32.config.replace(sinogram_input="precorrected"), (32, 32), (48, 49), 2.0,
+                  legopet_32.pnpnet, legopet_32.cdpm, sinogram_scale=40.0)
+    _, scan, y_low, model_low = _scan(30)
+    sampled = rebinned_volume(pre, model_low, y_low, refine_iterations=0)
+    assert sampled.shape == (32, 32, 8) and bool((sampled >= 0).all())
+    assert float(model_low.linear(sampled).sum()) + float(model_low.additive.sum()) == \
+        pytest.approx(float(y_low.sum()), rel=1e-4)
+    torch.testing.assert_close(rebinned_volume(pre, model_low, y_low, refine_iterations=0), sampled)
+    # the prior sees each slice's mean line integral: a 3x longer scan of the same activity samples the same volume
+    longer = copy.copy(model_low)
+    longer.mult, longer.additive = 3 * model_low.mult, 3 * model_low.additive
+    torch.testing.assert_close(rebinned_volume(pre, longer, 3 * y_low, refine_iterations=0), sampled,
+                               rtol=1e-4, atol=1e-5 * float(sampled.max()))
+
+
 def test_rebinned_volume_rejects_bad_input(legopet_32):
     _, scan, y_low, model_low = _scan(30)
     grid_2d = ImageGrid((32, 32), (2.5, 2.5))

@@ -206,6 +206,9 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
        plane (its own data-consistency steps off: the slices have no 2D physics model of their own),
        in batches of ``batch_size`` (each batch one call of the sampler: the same ``generator`` /
        seed repeats the volume for the same batches; other batches are other independent draws).
+       A prior with ``sinogram_input = "precorrected"`` gets one slice per call, each with the
+       SSRB sums of the 3D model's ``mult`` and ``additive`` as its 2D model's, so that it
+       precorrects the rebinned counts to the planes' mult-weighted mean line integral.
     3. The slices are interpolated linearly onto the grid's slice centres and scaled so the volume's
        expected counts match the measured ones (``sum(y - additive) / sum(A x)``).
     4. ``refine_iterations`` penalised-EM iterations against the full 3D data, anchored to the
@@ -263,14 +266,35 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
         raise ValueError("y must hold finite counts >= 0")
 
     grid_2d = ImageGrid(tuple(grid.shape[:2]), tuple(grid.voxel_size_mm[:2]))
-    model_2d = ForwardModel(Projector(grid_2d, SinogramLayout2D(layout.scanner, layout.radial_trim)))
+    projector_2d = Projector(grid_2d, SinogramLayout2D(layout.scanner, layout.radial_trim))
     stack = ssrb(layout, y_t, ssrb_max_ring_difference)
-    step = planes_per_batch(stack.shape[0], y_t.device, batch_size)
     slices = []
-    starts = range(0, stack.shape[0], step)
-    for start in tqdm(starts, desc="sampling slices", disable=not progress or len(starts) < 2, leave=False):
-        slices.append(torch.as_tensor(prior.reconstruct(model_2d, stack[start:start + step], dc_iterations=0,
-                                                        generator=generator, **sample_kwargs)))
+    if getattr(getattr(prior, "config", None), "sinogram_input", "prompts") == "precorrected":
+        # the prior precorrects with its model's mult and additive: give each rebinned slice the
+        # SSRB sums of the 3D factors, so (sum y - sum additive) / sum mult is the planes' mean line integral
+        mult = torch.ones_like(y_t) if forward_model.mult is None else torch.as_tensor(forward_model.mult).to(y_t)
+        mult_stack = ssrb(layout, mult, ssrb_max_ring_difference)
+        add_stack = None
+        if forward_model.additive is not None:
+            add_stack = ssrb(layout, torch.as_tensor(forward_model.additive).to(y_t), ssrb_max_ring_difference)
+        from ..diffusion.samplers import make_generator
+
+        # one generator for the volume: each slice's call draws on from it (an int seed per call would
+        # give every slice the same noise)
+        seed = prior.config.seed if generator is None else generator
+        generator = make_generator(seed, y_t.device)
+        for k in tqdm(range(stack.shape[0]), desc="sampling slices", disable=not progress, leave=False):
+            model_k = ForwardModel(projector_2d, normalisation=mult_stack[k],
+                                   additive=None if add_stack is None else add_stack[k])
+            slices.append(torch.as_tensor(prior.reconstruct(model_k, stack[k:k + 1], dc_iterations=0,
+                                                            generator=generator, **sample_kwargs)))
+    else:
+        model_2d = ForwardModel(projector_2d)
+        step = planes_per_batch(stack.shape[0], y_t.device, batch_size)
+        starts = range(0, stack.shape[0], step)
+        for start in tqdm(starts, desc="sampling slices", disable=not progress or len(starts) < 2, leave=False):
+            slices.append(torch.as_tensor(prior.reconstruct(model_2d, stack[start:start + step], dc_iterations=0,
+                                                            generator=generator, **sample_kwargs)))
     volume = axial_interpolation(torch.cat(slices).to(torch.float32).clamp_min(0), ssrb_positions_mm(layout), grid)
 
     with torch.no_grad():

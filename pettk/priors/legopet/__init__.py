@@ -41,7 +41,9 @@ preset's ``net.image_size`` (32² tiny, 128² GPU, 256² full as in the paper):
 
 Because the sinogram is normalised by its maximum, the output's activity scale is the training
 data's (``image_max``): LegoPET is not quantitative by itself. The data-consistency steps (or a
-calibration of ``image_max``) tie it to the measured counts.
+calibration of ``image_max``) tie it to the measured counts. ``sinogram_input="precorrected"``
+(pettk extension) gives the networks ``(y - additive) / mult`` over a data-set constant instead,
+whose mean is the activity's line integral, so the image scale is in the input.
 
 Reference: Y. Sun, O. Mawlawi, "LegoPET: Hierarchical Feature Guided Conditional Diffusion for
 PET Image Reconstruction", IEEE ISBI 2025, arXiv:2411.16629. The authors' code was not released;
@@ -61,8 +63,9 @@ from .canvas import (
     normalise_image,
     normalise_sinogram,
     pad_image,
+    precorrect_sinogram,
 )
-from .config import BETA_SCHEDULES, CDPM_INITS, SAMPLERS, TARGETS, LegoPETConfig
+from .config import BETA_SCHEDULES, CDPM_INITS, SAMPLERS, SINOGRAM_INPUTS, TARGETS, LegoPETConfig
 from .losses import cdpm_loss, dwt_loss, haar_dwt2, haar_idwt2, pnpnet_loss
 from .model import LegoPET
 from .training import train_legopet, warm_start_cdpm
@@ -70,5 +73,6 @@ from .training import train_legopet, warm_start_cdpm
 __all__ = [
     "LegoPETConfig", "LegoPET", "train_legopet", "haar_dwt2", "haar_idwt2", "dwt_loss", "pnpnet_loss", "cdpm_loss",
     "fit_sinogram", "pad_image", "crop_image", "normalise_image", "denormalise_image", "normalise_sinogram",
-    "count_parameters", "warm_start_cdpm", "SAMPLERS", "TARGETS", "CDPM_INITS", "BETA_SCHEDULES",
+    "precorrect_sinogram", "count_parameters", "warm_start_cdpm", "SAMPLERS", "TARGETS", "CDPM_INITS", "BETA_SCHEDULES",
+    "SINOGRAM_INPUTS",
 ]

@@ -10,12 +10,13 @@ from ...diffusion.schedules import NoiseSchedule
 from ...diffusion.train import TrainConfig
 from .._config import Bool, Choice, Int, Nested, PriorConfig, Real, checked, is_int
 
-__all__ = ["LegoPETConfig", "SAMPLERS", "TARGETS", "CDPM_INITS", "BETA_SCHEDULES"]
+__all__ = ["LegoPETConfig", "SAMPLERS", "TARGETS", "CDPM_INITS", "BETA_SCHEDULES", "SINOGRAM_INPUTS"]
 
 SAMPLERS = ("ddim", "ddpm")
 TARGETS = ("reference", "truth")
 CDPM_INITS = ("random", "pnpnet")
 BETA_SCHEDULES = ("linear", "cosine")
+SINOGRAM_INPUTS = ("prompts", "precorrected")
 
 _TINY_NET = LEGOPET_TINY.replace(channel_mults=(1, 2, 2), num_res_blocks=1, attention_levels=())
 
@@ -73,6 +74,17 @@ class LegoPETConfig(PriorConfig):
         cDPM train in fewer steps.
     drf : float or None
         Input sinogram: the full-dose prompts (``None``) or the low-dose prompts at this DRF.
+    sinogram_input : {"prompts", "precorrected"}
+        What the networks see. ``"prompts"`` (the paper): the prompts divided by their own
+        maximum, so the count level, and with it the image's scale, is hidden and the output's
+        scale is learned from the training images. ``"precorrected"`` (pettk extension): ``(y -
+        additive) / mult`` from the measurement's forward model
+        (:func:`~pettk.priors.legopet.precorrect_sinogram`), divided by one data-set constant
+        (``LegoPET.sinogram_scale``): its mean is the activity's line integral whatever the
+        counts, attenuation or acquisition time, so the image scale is in the input. (In pettk's
+        data sets every slice has the same expected prompts, so the activity-to-counts factor in
+        ``mult`` varies about 5× between slices; a prompts-only PnPNet had to guess it from the
+        anatomy and was 1.5–15× off on unseen anatomy, ``legopet-drf20-128``'s card.)
     pnpnet_steps, pnpnet_lr : PnPNet optimiser steps and learning rate.
     dwt_weight : float >= 0
         Weight of the wavelet term in the PnPNet loss (the paper: 0.1).
@@ -109,6 +121,7 @@ class LegoPETConfig(PriorConfig):
     target: str = checked("truth", Choice(TARGETS))
     cdpm_init: str = checked("random", Choice(CDPM_INITS))
     drf: float | None = checked(None, Real(1.0, optional=True, none_means="full dose"))
+    sinogram_input: str = checked("prompts", Choice(SINOGRAM_INPUTS))
     pnpnet_steps: int = checked(400, Int(0))
     pnpnet_lr: float = checked(2e-3, Real(0.0, min_open=True))
     dwt_weight: float = checked(0.1, Real(0.0))

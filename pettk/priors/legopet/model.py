@@ -26,6 +26,7 @@ from .canvas import (
     normalise_image,
     normalise_sinogram,
     pad_image,
+    precorrect_sinogram,
 )
 from .config import SAMPLERS, LegoPETConfig
 
@@ -57,6 +58,10 @@ class LegoPET(ImagePrior):
         The sinogram size it was trained on (inputs must match).
     image_max : float > 0
         Activity of image value 1 (the training set's maximum; ``x = 2 a / image_max - 1``).
+    sinogram_scale : float > 0
+        With ``config.sinogram_input = "precorrected"``: the precorrected sinogram's divisor (the
+        training set's mean per-slice peak of the full-dose precorrected sinogram, activity × mm);
+        unused with ``"prompts"``.
     pnpnet, cdpm : UNet, optional
         Trained networks; fresh ones from ``config.net`` when omitted (``pnpnet`` is only built
         when ``config.features`` is true).
@@ -68,7 +73,7 @@ class LegoPET(ImagePrior):
     """
 
     def __init__(self, config: LegoPETConfig, image_shape, sinogram_shape, image_max: float, pnpnet: UNet | None = None,
-                 cdpm: UNet | None = None):
+                 cdpm: UNet | None = None, sinogram_scale: float = 1.0):
         if not isinstance(config, LegoPETConfig):
             raise TypeError(f"config must be a LegoPETConfig, got {type(config).__name__}")
         self.config = config.validate()
@@ -80,6 +85,9 @@ class LegoPET(ImagePrior):
         if not is_real(image_max) or float(image_max) <= 0:
             raise ValueError(f"image_max must be a finite number > 0, got {image_max!r}")
         self.image_max = float(image_max)
+        if not is_real(sinogram_scale) or float(sinogram_scale) <= 0:
+            raise ValueError(f"sinogram_scale must be a finite number > 0, got {sinogram_scale!r}")
+        self.sinogram_scale = float(sinogram_scale)
         if pnpnet is None and config.features:
             pnpnet = config.net.build_pnpnet()
         self.pnpnet = None if pnpnet is None else self._frozen(pnpnet)
@@ -134,9 +142,22 @@ class LegoPET(ImagePrior):
                 f"trainable={self.trainable_parameters():,}, T={self.config.T}, sampler={self.config.sampler!r})")
 
     # -- canvas-space building blocks ---------------------------------------------------------------
-    def sinogram_canvas(self, y: torch.Tensor) -> torch.Tensor:
-        """Counts ``(B, n_views, n_radial)`` → the network condition ``(B, 1, H, W)`` (normalised, fitted)."""
-        return fit_sinogram(normalise_sinogram(y.to(torch.float32)), self.config.canvas).unsqueeze(1)
+    def sinogram_canvas(self, y: torch.Tensor, forward_model: ForwardModel | None = None) -> torch.Tensor:
+        """Counts ``(B, n_views, n_radial)`` → the network condition ``(B, 1, H, W)`` (normalised, fitted).
+
+        ``"prompts"`` input: each sinogram over its own maximum. ``"precorrected"``: ``(y -
+        additive) / mult`` of ``forward_model`` (the model of ``y``'s count level; ``None``: ``y``
+        is precorrected already) over :attr:`sinogram_scale`.
+        """
+        y = y.to(torch.float32)
+        if self.config.sinogram_input == "precorrected":
+            mult = additive = None
+            if forward_model is not None:
+                mult, additive = forward_model.mult, forward_model.additive
+            s = precorrect_sinogram(y, mult, additive) / self.sinogram_scale
+        else:
+            s = normalise_sinogram(y)
+        return fit_sinogram(s, self.config.canvas).unsqueeze(1)
 
     def condition(self, sino: torch.Tensor) -> dict:
         """The condition ``C`` of canvas sinograms ``(B, 1, H, W)``.
@@ -269,11 +290,13 @@ class LegoPET(ImagePrior):
         ----------
         forward_model : ForwardModel
             The measurement's model; ``shape_in`` and ``shape_out`` must be the trained sizes. It is
-            used only for the optional data-consistency steps (with a batch of sinograms, all
-            samples share it).
+            used for the optional data-consistency steps and, with ``"precorrected"`` input, to
+            precorrect ``y`` (with a batch of sinograms, all samples share it).
         y : array or tensor ``(..., n_views, n_radial)``
-            Counts (>= 0, finite; any scale: the sinogram is normalised by its maximum); leading
-            dimensions are a batch, one sample each.
+            Counts (>= 0, finite); leading dimensions are a batch, one sample each. With
+            ``"prompts"`` input any scale (the sinogram is normalised by its maximum); with
+            ``"precorrected"`` input ``forward_model`` must describe ``y``'s count level (its
+            ``mult`` and ``additive`` precorrect ``y``).
         mr : None
             Not used by LegoPET (must be ``None``).
         init : array or tensor ``(nx, ny)`` or ``(..., nx, ny)``, optional
@@ -327,7 +350,7 @@ class LegoPET(ImagePrior):
         starts = range(0, flat.shape[0], int(chunk_size))
         for start in tqdm(starts, desc="LegoPET", disable=not progress or len(starts) < 2, leave=False):
             y_chunk = flat[start:start + chunk_size]
-            sino = self.sinogram_canvas(y_chunk)
+            sino = self.sinogram_canvas(y_chunk, forward_model)
             data_step = None
             if dc_iterations > 0:
                 data_step = self._data_step(forward_model, y_chunk, int(dc_iterations), float(dc_weight))
@@ -354,7 +377,7 @@ class LegoPET(ImagePrior):
         t_y, is_numpy, out_dtype = self._prepare(forward_model, y, mr)
         batch_shape = t_y.shape[:-2]
         flat = t_y.reshape((-1,) + self.sinogram_shape).to(torch.float32)
-        x = self.pnpnet(self.sinogram_canvas(flat)).clamp(-1.0, 1.0)
+        x = self.pnpnet(self.sinogram_canvas(flat, forward_model)).clamp(-1.0, 1.0)
         image = denormalise_image(crop_image(x[:, 0], self.image_shape), self.image_max)
         return self._out(image, batch_shape, self.image_shape, out_dtype, is_numpy)
 
@@ -363,6 +386,7 @@ class LegoPET(ImagePrior):
         """Write ``path`` (``.safetensors``: ``cdpm.*`` and ``pnpnet.*`` weights) and its JSON metadata."""
         meta = {"legopet_config": self.config.to_dict(), "image_shape": list(self.image_shape),
                 "sinogram_shape": list(self.sinogram_shape), "image_max": self.image_max,
+                "sinogram_scale": self.sinogram_scale,
                 "has_pnpnet": self.pnpnet is not None, "history": self.history}
         return save_networks(path, "LegoPET", {"cdpm": self.cdpm, "pnpnet": self.pnpnet}, meta)
 
@@ -377,6 +401,7 @@ class LegoPET(ImagePrior):
         if meta.get("has_pnpnet"):
             pnpnet = config.net.build_pnpnet()
             pnpnet.load_state_dict(states.get("pnpnet", {}))
-        model = cls(config, meta["image_shape"], meta["sinogram_shape"], meta["image_max"], pnpnet, cdpm)
+        model = cls(config, meta["image_shape"], meta["sinogram_shape"], meta["image_max"], pnpnet, cdpm,
+                    sinogram_scale=meta.get("sinogram_scale", 1.0))
         model.history = meta.get("history", {})
         return model.to(device)

@@ -11,7 +11,7 @@ from ...diffusion.chunks import TrainingBudget
 from ...diffusion.nets import UNet
 from ...diffusion.train import Trainer
 from .._data import TensorPairs, load_split
-from .canvas import fit_sinogram, normalise_image, normalise_sinogram, pad_image
+from .canvas import fit_sinogram, normalise_image, normalise_sinogram, pad_image, precorrect_sinogram
 from .config import LegoPETConfig
 from .losses import cdpm_loss, pnpnet_loss
 from .model import LegoPET
@@ -19,9 +19,26 @@ from .model import LegoPET
 __all__ = ["train_legopet", "warm_start_cdpm"]
 
 
+def _network_sinograms(config: LegoPETConfig, items: list[dict], sino: torch.Tensor):
+    """The networks' sinogram input of a split (before fitting to the canvas) and ``sinogram_scale``.
+
+    ``"precorrected"``: ``(y - additive) / mult`` with each slice's full-dose model (the low-dose
+    prompts of a data set item are already multiplied by the DRF), over the mean per-slice peak of
+    the full-dose precorrected sinograms (less noisy than the low-dose peaks)."""
+    if config.sinogram_input != "precorrected":
+        return normalise_sinogram(sino), 1.0
+    mult = torch.stack([it["mult"] for it in items])
+    additive = torch.stack([it["additive"] for it in items])
+    full = precorrect_sinogram(torch.stack([it["full"] for it in items]), mult, additive)
+    scale = float(full.amax(dim=(-2, -1)).mean())
+    if not scale > 0:
+        raise ValueError("the data set's precorrected full-dose sinograms are all <= 0: no counts to learn from")
+    return precorrect_sinogram(sino, mult, additive) / scale, scale
+
+
 def _split_pairs(config: LegoPETConfig, root, split: str = "train"):
     """Canvas pairs ``{"sino", "image"}`` ``(1, H, W)`` of a data set split plus
-    ``(image_shape, sinogram_shape, image_max)``."""
+    ``(image_shape, sinogram_shape, image_max, sinogram_scale)``."""
     items, manifest = load_split(root, split, config.drf)
     image_max = float(manifest["train_image_max"])
     sino = torch.stack([it["full"] if config.drf is None else it["low"] for it in items])
@@ -31,9 +48,11 @@ def _split_pairs(config: LegoPETConfig, root, split: str = "train"):
     if image_shape[0] > canvas[0] or image_shape[1] > canvas[1]:
         raise ValueError(f"the data set's images {image_shape} do not fit the canvas {canvas}: choose a preset "
                          "with a larger net.image_size")
-    s = fit_sinogram(normalise_sinogram(sino), canvas).unsqueeze(1)
+    network_sino, sinogram_scale = _network_sinograms(config, items, sino)
+    s = fit_sinogram(network_sino, canvas).unsqueeze(1)
     x = pad_image(normalise_image(image, image_max), canvas).unsqueeze(1)
-    return TensorPairs(sino=s.contiguous(), image=x.contiguous()), image_shape, sinogram_shape, image_max
+    pairs = TensorPairs(sino=s.contiguous(), image=x.contiguous())
+    return pairs, image_shape, sinogram_shape, image_max, sinogram_scale
 
 
 @torch.no_grad()
@@ -68,6 +87,9 @@ def warm_start_cdpm(cdpm: UNet, pnpnet: UNet) -> UNet:
 
 
 def _pnpnet_from(pnpnet, config: LegoPETConfig) -> UNet:
+    if isinstance(pnpnet, LegoPET) and pnpnet.config.sinogram_input != config.sinogram_input:
+        raise ValueError(f"pnpnet was trained on {pnpnet.config.sinogram_input!r} sinograms but config.sinogram_input "
+                         f"is {config.sinogram_input!r}")
     source = pnpnet.pnpnet if isinstance(pnpnet, LegoPET) else pnpnet
     if not isinstance(source, UNet):
         raise TypeError(f"pnpnet must be a trained LegoPET or a PnPNet UNet, got {type(pnpnet).__name__}")
@@ -115,7 +137,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
         raise TypeError(f"config must be a LegoPETConfig, got {type(config).__name__}")
     config = config.validate()
     budget = TrainingBudget(time_limit_s, out_dir, resume)
-    pairs, image_shape, sinogram_shape, image_max = _split_pairs(config, dataset_root)
+    pairs, image_shape, sinogram_shape, image_max, sinogram_scale = _split_pairs(config, dataset_root)
     device = torch.device(device) if device is not None else torch.device("cpu")
     out = None if out_dir is None else Path(out_dir)
     meta = {"legopet_config": config.to_dict()}
@@ -147,7 +169,7 @@ def train_legopet(config: LegoPETConfig, dataset_root, out_dir=None, progress: b
     budget.fit(trainer, "cdpm")
     history["cdpm_loss"] = list(trainer.history.loss)
     cdpm = trainer.averaged_model().eval()
-    model = LegoPET(config, image_shape, sinogram_shape, image_max, net_p, cdpm)
+    model = LegoPET(config, image_shape, sinogram_shape, image_max, net_p, cdpm, sinogram_scale=sinogram_scale)
     model.history = history
     if out is not None:
         model.save(out / ("legopet.safetensors" if config.features else "cdpm.safetensors"))
