@@ -27,8 +27,8 @@ from ..physics import ForwardModel
 from ..projector import Projector
 from ..recon import fbp, mlem, osem
 
-__all__ = ["SinogramRestorer", "ImagePrior", "reconstruct", "dataset_forward_model", "check_low_dose_counts",
-           "RECON_METHODS"]
+__all__ = ["SinogramRestorer", "ImagePrior", "reconstruct", "dataset_forward_model", "precorrect_sinogram",
+           "check_low_dose_counts", "RECON_METHODS"]
 
 RECON_METHODS = ("osem", "mlem", "fbp")
 
@@ -227,9 +227,19 @@ def _fbp(model: ForwardModel, y: torch.Tensor, window: str) -> torch.Tensor:
     geometry, grid = model.projector.geometry, model.projector.grid
     if not isinstance(geometry, ParallelBeam2D) or not isinstance(grid, ImageGrid):
         raise ValueError("method='fbp' needs a 2D parallel-beam (ParallelBeam2D) model; use 'osem' or 'mlem'")
-    if model.additive is not None:
-        y = y - model.additive.to(y.device, y.dtype)
-    if model.mult is not None:
-        m = model.mult.to(y.device, y.dtype)
-        y = torch.where(m > 0, y / m.clamp_min(1e-12), torch.zeros_like(y))
-    return fbp(y, geometry, grid, window=window)
+    return fbp(precorrect_sinogram(y, model.mult, model.additive), geometry, grid, window=window)
+
+
+def precorrect_sinogram(y: torch.Tensor, mult=None, additive=None) -> torch.Tensor:
+    """The precorrected sinogram ``(y - additive) / mult`` (0 where ``mult`` is 0).
+
+    With the counts model ``E[y] = mult · A x + additive`` of the data's own count level, its mean
+    is the line integral ``A x`` of the activity: it carries the image's scale (which the prompts
+    alone do not, when the acquisition time or dose differs per scan) and is free of attenuation.
+    ``mult`` and ``additive`` (``None``: 1 and 0) broadcast against ``y`` ``(..., n_views, n_radial)``.
+    """
+    out = y if additive is None else y - torch.as_tensor(additive, dtype=y.dtype, device=y.device)
+    if mult is None:
+        return out
+    m = torch.as_tensor(mult, dtype=y.dtype, device=y.device)
+    return torch.where(m > 0, out / m.clamp_min(1e-12), torch.zeros_like(out))

@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .._validation import as_nonnegative_float, as_nonnegative_int, as_positive_int
+from ..diffusion.samplers import make_generator
 from ..geometry import ImageGrid, SinogramLayout, SinogramLayout2D
 from ..physics import ForwardModel
 from ..projector import Projector
@@ -268,33 +269,28 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
     grid_2d = ImageGrid(tuple(grid.shape[:2]), tuple(grid.voxel_size_mm[:2]))
     projector_2d = Projector(grid_2d, SinogramLayout2D(layout.scanner, layout.radial_trim))
     stack = ssrb(layout, y_t, ssrb_max_ring_difference)
-    slices = []
     if getattr(getattr(prior, "config", None), "sinogram_input", "prompts") == "precorrected":
-        # the prior precorrects with its model's mult and additive: give each rebinned slice the
+        # the prior precorrects with its model's mult and additive: one slice per call, each with the
         # SSRB sums of the 3D factors, so (sum y - sum additive) / sum mult is the planes' mean line integral
         mult = torch.ones_like(y_t) if forward_model.mult is None else torch.as_tensor(forward_model.mult).to(y_t)
         mult_stack = ssrb(layout, mult, ssrb_max_ring_difference)
         add_stack = None
         if forward_model.additive is not None:
             add_stack = ssrb(layout, torch.as_tensor(forward_model.additive).to(y_t), ssrb_max_ring_difference)
-        from ..diffusion.samplers import make_generator
-
-        # one generator for the volume: each slice's call draws on from it (an int seed per call would
-        # give every slice the same noise)
-        seed = prior.config.seed if generator is None else generator
-        generator = make_generator(seed, y_t.device)
-        for k in tqdm(range(stack.shape[0]), desc="sampling slices", disable=not progress, leave=False):
-            model_k = ForwardModel(projector_2d, normalisation=mult_stack[k],
-                                   additive=None if add_stack is None else add_stack[k])
-            slices.append(torch.as_tensor(prior.reconstruct(model_k, stack[k:k + 1], dc_iterations=0,
-                                                            generator=generator, **sample_kwargs)))
+        batches = [(ForwardModel(projector_2d, normalisation=mult_stack[k],
+                                 additive=None if add_stack is None else add_stack[k]), stack[k:k + 1])
+                   for k in range(stack.shape[0])]
+        # one generator for the volume: each call draws on from it (an int seed per call would give
+        # every slice the same noise)
+        generator = make_generator(prior.config.seed if generator is None else generator, y_t.device)
     else:
         model_2d = ForwardModel(projector_2d)
         step = planes_per_batch(stack.shape[0], y_t.device, batch_size)
-        starts = range(0, stack.shape[0], step)
-        for start in tqdm(starts, desc="sampling slices", disable=not progress or len(starts) < 2, leave=False):
-            slices.append(torch.as_tensor(prior.reconstruct(model_2d, stack[start:start + step], dc_iterations=0,
-                                                            generator=generator, **sample_kwargs)))
+        batches = [(model_2d, stack[start:start + step]) for start in range(0, stack.shape[0], step)]
+    slices = []
+    for model_b, y_b in tqdm(batches, desc="sampling slices", disable=not progress or len(batches) < 2, leave=False):
+        slices.append(torch.as_tensor(prior.reconstruct(model_b, y_b, dc_iterations=0, generator=generator,
+                                                        **sample_kwargs)))
     volume = axial_interpolation(torch.cat(slices).to(torch.float32).clamp_min(0), ssrb_positions_mm(layout), grid)
 
     with torch.no_grad():

@@ -7,6 +7,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..base import precorrect_sinogram
+
 __all__ = ["normalise_image", "denormalise_image", "normalise_sinogram", "precorrect_sinogram", "fit_sinogram",
            "pad_image", "crop_image", "count_parameters"]
 
@@ -27,21 +29,6 @@ def normalise_sinogram(y: torch.Tensor) -> torch.Tensor:
     """Each sinogram ``(..., n_views, n_radial)`` divided by its own maximum (floored at 1e-12)."""
     peak = y.amax(dim=(-2, -1), keepdim=True).clamp_min(_SINO_FLOOR)
     return y / peak
-
-
-def precorrect_sinogram(y: torch.Tensor, mult=None, additive=None) -> torch.Tensor:
-    """The precorrected sinogram ``(y - additive) / mult`` (0 where ``mult`` is 0).
-
-    With the counts model ``E[y] = mult · A x + additive`` of the data's own count level, its mean
-    is the line integral ``A x`` of the activity: it carries the image's scale (which the prompts
-    alone do not, when the acquisition time or dose differs per scan) and is free of attenuation.
-    ``mult`` and ``additive`` (``None``: 1 and 0) broadcast against ``y`` ``(..., n_views, n_radial)``.
-    """
-    out = y if additive is None else y - torch.as_tensor(additive, dtype=y.dtype, device=y.device)
-    if mult is None:
-        return out
-    m = torch.as_tensor(mult, dtype=y.dtype, device=y.device)
-    return torch.where(m > 0, out / torch.where(m > 0, m, torch.ones_like(m)), torch.zeros_like(out))
 
 
 def _offsets(size: int, canvas: int) -> tuple[int, int]:
