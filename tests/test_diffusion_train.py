@@ -217,3 +217,22 @@ def test_tiny_unet_learns_phantom_slices():
     mean_samples = float(((samples.clamp(-1, 1) + 1) / 2).mean())
     mean_data = float(((data + 1) / 2).mean())
     assert abs(mean_samples - mean_data) < 0.2 * mean_data
+
+
+def test_resuming_without_ema_into_ema_starts_the_average_at_the_restored_weights(tmp_path):
+    """A run trained with ``ema_decay=0`` and continued with EMA on averages from where it resumed."""
+    plain = Trainer(make_model(), noisy_loss, Pairs(), config(ema_decay=0.0), out_dir=tmp_path, progress=False)
+    plain.fit(until=20)
+    restored = {k: v.clone() for k, v in plain.module.state_dict().items()}
+    resumed = Trainer(make_model(seed=5), noisy_loss, Pairs(), config(ema_decay=0.999, steps=20), out_dir=tmp_path,
+                      progress=False)
+    resumed.fit(resume=True)  # nothing left to train: the average is the restored weights
+    for k, v in resumed.averaged_model().state_dict().items():
+        torch.testing.assert_close(v, restored[k])
+    longer = Trainer(make_model(seed=5), noisy_loss, Pairs(), config(ema_decay=0.999, steps=30), out_dir=tmp_path,
+                     progress=False)
+    longer.fit(resume=True)
+    averaged, current = longer.averaged_model().state_dict(), longer.module.state_dict()
+    # an average is kept (an empty one would hand back the current weights), and it moved off the start
+    assert float((averaged["0.weight"] - current["0.weight"]).abs().max()) > 1e-4
+    assert float((averaged["0.weight"] - restored["0.weight"]).abs().max()) > 1e-4

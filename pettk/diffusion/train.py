@@ -445,7 +445,12 @@ class Trainer:
     def _restore(self, tensors: dict, param_groups) -> None:
         self.module.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
         if self.ema is not None:
-            self.ema.shadow = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
+            shadow = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
+            # A run trained without EMA and resumed with it (e.g. a longer run of a shipped model)
+            # starts its average at the restored weights; an empty shadow would average nothing.
+            self.ema = EMA(self.module, self.ema.decay) if not shadow else self.ema
+            if shadow:
+                self.ema.shadow = shadow
         state: dict = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
