@@ -491,6 +491,41 @@ def test_precorrected_input_is_the_line_integral_at_any_count_level(untrained):
         CONFIG.replace(sinogram_input="counts").validate()
 
 
+def test_per_sample_precorrection_factors_stand_in_for_the_forward_models(untrained):
+    """A batch whose samples have their own mult / additive (e.g. rebinned 3D slices) samples each as
+    a forward model with those factors would: [y, 3y] with factors [m, 3m] is [y, y] with m."""
+    pre = LegoPET(CONFIG.replace(sinogram_input="precorrected"), IMAGE, SINO, 2.0, untrained.pnpnet, untrained.cdpm,
+                  sinogram_scale=8.0)
+    g = torch.Generator().manual_seed(4)
+    mult = 0.2 + torch.rand(SINO, generator=g)
+    background = torch.full(SINO, 0.5)
+    fm = ForwardModel(_forward_model().projector, normalisation=mult, additive=background)
+    y = torch.poisson(torch.full(SINO, 6.0), generator=g)
+    factors = (torch.stack([mult, 3 * mult]), torch.stack([background, 3 * background]))
+    torch.testing.assert_close(pre.sinogram_canvas(torch.stack([y, 3 * y]), precorrection=factors),
+                               pre.sinogram_canvas(torch.stack([y, y]), fm))
+    plain = ForwardModel(_forward_model().projector)
+    per_sample = pre.reconstruct(plain, torch.stack([y, 3 * y]), precorrection=factors, n_samples=1, generator=5)
+    shared = pre.reconstruct(fm, torch.stack([y, y]), n_samples=1, generator=5)
+    torch.testing.assert_close(per_sample, shared, rtol=1e-4, atol=1e-5 * float(shared.max()))
+    # factors broadcast (one additive for the batch) and are split with the chunks
+    chunked = pre.reconstruct(plain, torch.stack([y, 3 * y]), precorrection=(factors[0], background), n_samples=1,
+                              generator=5, chunk_size=1)
+    assert chunked.shape == (2,) + IMAGE and bool(torch.isfinite(chunked).all())
+    with pytest.raises(ValueError, match="sinogram_input='precorrected'"):
+        untrained.reconstruct(plain, y, precorrection=(mult, None))
+    with pytest.raises(TypeError, match="pair"):
+        pre.reconstruct(plain, y, precorrection=mult)
+    with pytest.raises(ValueError, match="dc_iterations=0"):
+        pre.reconstruct(plain, y, precorrection=(mult, None), dc_iterations=1)
+    with pytest.raises(ValueError, match="does not broadcast"):
+        pre.reconstruct(plain, y, precorrection=(mult[:, :3], None))
+    with pytest.raises(ValueError, match="mult must be finite and >= 0"):
+        pre.reconstruct(plain, y, precorrection=(-mult, None))
+    with pytest.raises(ValueError, match="additive must be finite"):
+        pre.reconstruct(plain, y, precorrection=(None, background * float("nan")))
+
+
 def test_precorrected_training_records_its_scale_and_saves_it(tiny_data, tmp_path):
     config = CONFIG.replace(sinogram_input="precorrected", pnpnet_steps=2, cdpm_steps=2)
     model = train_legopet(config, tiny_data, tmp_path / "run")

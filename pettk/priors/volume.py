@@ -205,11 +205,12 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
        sampler takes the near-direct planes only; the refinement uses every plane).
     2. Each rebinned sinogram is sampled by ``prior.reconstruct`` with a 2D model of the direct
        plane (its own data-consistency steps off: the slices have no 2D physics model of their own),
-       in batches of ``batch_size`` (each batch one call of the sampler: the same ``generator`` /
-       seed repeats the volume for the same batches; other batches are other independent draws).
-       A prior with ``sinogram_input = "precorrected"`` gets one slice per call, each with the
-       SSRB sums of the 3D model's ``mult`` and ``additive`` as its 2D model's, so that it
-       precorrects the rebinned counts to the planes' mult-weighted mean line integral.
+       in batches of ``batch_size`` (each batch one call of the sampler, drawing on from one
+       generator for the volume: the same ``generator`` / seed repeats the volume for the same
+       batches; other batches are other independent draws). A prior with ``sinogram_input =
+       "precorrected"`` gets the SSRB sums of the 3D model's ``mult`` and ``additive`` as each
+       slice's precorrection factors, so that it precorrects the rebinned counts to the planes'
+       mult-weighted mean line integral.
     3. The slices are interpolated linearly onto the grid's slice centres and scaled so the volume's
        expected counts match the measured ones (``sum(y - additive) / sum(A x)``).
     4. ``refine_iterations`` penalised-EM iterations against the full 3D data, anchored to the
@@ -269,28 +270,28 @@ def rebinned_volume(prior, forward_model: ForwardModel, y, *, refine_iterations:
     grid_2d = ImageGrid(tuple(grid.shape[:2]), tuple(grid.voxel_size_mm[:2]))
     projector_2d = Projector(grid_2d, SinogramLayout2D(layout.scanner, layout.radial_trim))
     stack = ssrb(layout, y_t, ssrb_max_ring_difference)
+    factors = None
     if getattr(getattr(prior, "config", None), "sinogram_input", "prompts") == "precorrected":
-        # the prior precorrects with its model's mult and additive: one slice per call, each with the
-        # SSRB sums of the 3D factors, so (sum y - sum additive) / sum mult is the planes' mean line integral
+        # per-slice factors: the SSRB sums of the 3D model's mult and additive, so each slice is
+        # precorrected to (sum y - sum additive) / sum mult, the mean line integral of its planes
         mult = torch.ones_like(y_t) if forward_model.mult is None else torch.as_tensor(forward_model.mult).to(y_t)
-        mult_stack = ssrb(layout, mult, ssrb_max_ring_difference)
         add_stack = None
         if forward_model.additive is not None:
             add_stack = ssrb(layout, torch.as_tensor(forward_model.additive).to(y_t), ssrb_max_ring_difference)
-        batches = [(ForwardModel(projector_2d, normalisation=mult_stack[k],
-                                 additive=None if add_stack is None else add_stack[k]), stack[k:k + 1])
-                   for k in range(stack.shape[0])]
-        # one generator for the volume: each call draws on from it (an int seed per call would give
-        # every slice the same noise)
-        generator = make_generator(prior.config.seed if generator is None else generator, y_t.device)
-    else:
-        model_2d = ForwardModel(projector_2d)
-        step = planes_per_batch(stack.shape[0], y_t.device, batch_size)
-        batches = [(model_2d, stack[start:start + step]) for start in range(0, stack.shape[0], step)]
+        factors = (ssrb(layout, mult, ssrb_max_ring_difference), add_stack)
+    model_2d = ForwardModel(projector_2d)
+    step = planes_per_batch(stack.shape[0], y_t.device, batch_size)
+    # one generator for the volume: each batch draws on from it (an int seed per call would give
+    # every batch the same noise)
+    seed = getattr(getattr(prior, "config", None), "seed", 0) if generator is None else generator
+    generator = make_generator(seed, y_t.device)
     slices = []
-    for model_b, y_b in tqdm(batches, desc="sampling slices", disable=not progress or len(batches) < 2, leave=False):
-        slices.append(torch.as_tensor(prior.reconstruct(model_b, y_b, dc_iterations=0, generator=generator,
-                                                        **sample_kwargs)))
+    starts = range(0, stack.shape[0], step)
+    for start in tqdm(starts, desc="sampling slices", disable=not progress or len(starts) < 2, leave=False):
+        part = slice(start, start + step)
+        per_slice = {} if factors is None else {"precorrection": tuple(None if f is None else f[part] for f in factors)}
+        slices.append(torch.as_tensor(prior.reconstruct(model_2d, stack[part], dc_iterations=0, generator=generator,
+                                                        **per_slice, **sample_kwargs)))
     volume = axial_interpolation(torch.cat(slices).to(torch.float32).clamp_min(0), ssrb_positions_mm(layout), grid)
 
     with torch.no_grad():

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
@@ -29,21 +28,9 @@ from .canvas import (
     precorrect_sinogram,
 )
 from .config import SAMPLERS, LegoPETConfig
+from .inputs import as_counts, precorrection_factors
 
 __all__ = ["LegoPET"]
-
-
-def _as_counts(name: str, y) -> tuple[torch.Tensor, bool]:
-    if not isinstance(y, (np.ndarray, torch.Tensor)):
-        raise TypeError(f"{name} must be a numpy array or a torch tensor of counts, got {type(y).__name__}")
-    t = torch.from_numpy(np.ascontiguousarray(y)) if isinstance(y, np.ndarray) else y.detach()
-    if t.dtype == torch.bool or t.is_complex():
-        raise TypeError(f"{name} must hold real counts, got dtype {t.dtype}")
-    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
-        raise ValueError(f"{name} contains non-finite values (NaN or inf)")
-    if t.numel() and bool((t < 0).any()):
-        raise ValueError(f"{name} must be non-negative, got a minimum of {float(t.min()):g}")
-    return t, isinstance(y, np.ndarray)
 
 
 class LegoPET(ImagePrior):
@@ -142,17 +129,21 @@ class LegoPET(ImagePrior):
                 f"trainable={self.trainable_parameters():,}, T={self.config.T}, sampler={self.config.sampler!r})")
 
     # -- canvas-space building blocks ---------------------------------------------------------------
-    def sinogram_canvas(self, y: torch.Tensor, forward_model: ForwardModel | None = None) -> torch.Tensor:
+    def sinogram_canvas(self, y: torch.Tensor, forward_model: ForwardModel | None = None, *,
+                        precorrection: tuple | None = None) -> torch.Tensor:
         """Counts ``(B, n_views, n_radial)`` → the network condition ``(B, 1, H, W)`` (normalised, fitted).
 
         ``"prompts"`` input: each sinogram over its own maximum. ``"precorrected"``: ``(y -
-        additive) / mult`` of ``forward_model`` (the model of ``y``'s count level; ``None``: ``y``
-        is precorrected already) over :attr:`sinogram_scale`.
+        additive) / mult`` over :attr:`sinogram_scale`, with ``precorrection = (mult, additive)``
+        (each ``None`` or broadcastable to ``y``: per-sample factors) when given, else those of
+        ``forward_model`` (the model of ``y``'s count level; ``None``: ``y`` is precorrected already).
         """
         y = y.to(torch.float32)
         if self.config.sinogram_input == "precorrected":
             mult = additive = None
-            if forward_model is not None:
+            if precorrection is not None:
+                mult, additive = precorrection
+            elif forward_model is not None:
                 mult, additive = forward_model.mult, forward_model.additive
             s = precorrect_sinogram(y, mult, additive) / self.sinogram_scale
         else:
@@ -234,14 +225,14 @@ class LegoPET(ImagePrior):
         if tuple(forward_model.shape_out) != self.sinogram_shape:
             raise ValueError(f"forward_model.shape_out must be {self.sinogram_shape} (the sinogram this LegoPET "
                              f"was trained on), got {tuple(forward_model.shape_out)}")
-        t, is_numpy = _as_counts("y", y)
+        t, is_numpy = as_counts("y", y)
         if t.ndim < 2 or tuple(t.shape[-2:]) != self.sinogram_shape:
             raise ValueError(f"y must have shape (..., {self.sinogram_shape[0]}, {self.sinogram_shape[1]}) "
                              f"(n_views, n_radial), got {tuple(t.shape)}")
         return t, is_numpy
 
     def _image_in(self, name: str, image, batch_shape, device) -> torch.Tensor:
-        t, _ = _as_counts(name, image)
+        t, _ = as_counts(name, image)
         if tuple(t.shape) not in (self.image_shape, tuple(batch_shape) + self.image_shape):
             raise ValueError(f"{name} must have shape {self.image_shape} (or with y's batch dimensions "
                              f"{tuple(batch_shape)} in front), got {tuple(t.shape)}")
@@ -283,7 +274,8 @@ class LegoPET(ImagePrior):
     def reconstruct(self, forward_model: ForwardModel, y, *, mr=None, init=None, guidance_scale: float | None = None,
                     sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                     dc_iterations: int | None = None, dc_weight: float | None = None, t_start: int | None = None,
-                    n_samples: int | None = None, generator=None, chunk_size: int = 16, progress: bool = False):
+                    n_samples: int | None = None, generator=None, chunk_size: int = 16, precorrection=None,
+                    progress: bool = False):
         """Sample the image of measured counts ``y`` (LegoPET or, if ``features=False``, the plain cDPM).
 
         Parameters
@@ -316,6 +308,12 @@ class LegoPET(ImagePrior):
             Randomness of the sampler (default: seeded with ``config.seed``, so calls repeat).
         chunk_size : int
             Sinograms per network batch (doubled inside by the guidance).
+        precorrection : pair ``(mult, additive)``, optional
+            Per-sample precorrection factors for ``"precorrected"`` input, in place of
+            ``forward_model``'s: each ``None`` (1 / 0) or an array broadcastable to ``y``'s shape
+            (``mult`` >= 0, finite), e.g. the SSRB sums of a 3D model's factors for a stack of
+            rebinned slices. They describe the precorrection only, so data consistency
+            (``dc_iterations > 0``) is refused with them.
         progress : bool
 
         Returns
@@ -337,6 +335,7 @@ class LegoPET(ImagePrior):
         n_samples = cfg.n_samples if n_samples is None else n_samples
         if not is_int(n_samples) or n_samples < 1:
             raise ValueError(f"n_samples must be an int >= 1, got {n_samples!r}")
+        factors = precorrection_factors(precorrection, t_y, self.config.sinogram_input, int(dc_iterations))
         batch_shape = t_y.shape[:-2]
         flat = t_y.reshape((-1,) + self.sinogram_shape).to(torch.float32)
         if init is not None:
@@ -350,7 +349,9 @@ class LegoPET(ImagePrior):
         starts = range(0, flat.shape[0], int(chunk_size))
         for start in tqdm(starts, desc="LegoPET", disable=not progress or len(starts) < 2, leave=False):
             y_chunk = flat[start:start + chunk_size]
-            sino = self.sinogram_canvas(y_chunk, forward_model)
+            chunk_factors = None if factors is None else tuple(
+                None if f is None else f[start:start + chunk_size] for f in factors)
+            sino = self.sinogram_canvas(y_chunk, forward_model, precorrection=chunk_factors)
             data_step = None
             if dc_iterations > 0:
                 data_step = self._data_step(forward_model, y_chunk, int(dc_iterations), float(dc_weight))
