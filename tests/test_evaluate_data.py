@@ -305,7 +305,7 @@ def test_restorers_get_the_same_tuning_freedom(tiny_data):
     cases = [(d, c) for d, _, c in _cases(open_split(tiny_data, "validation", (20.0,)), torch.device("cpu"))]
     restorer = _ScaledCounts()
     chosen, record = tune_on_cases(cases, methods=("osem", "red"), osem_iterations=(1, 3), post_filter_mm=(0.0, 6.0),
-                                   extend=0, restorers={"red": restorer})
+                                   extend=0, restorers={"red": restorer}, restorer_map=False)
     assert restorer.calls == len(cases)                      # each sinogram restored once
     red, osem = record[20.0]["red"], record[20.0]["osem"]
     assert len(red["scores"]) == 4
@@ -317,3 +317,49 @@ def test_restorers_get_the_same_tuning_freedom(tiny_data):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
     with pytest.raises(ValueError, match="needs the model"):
         tune_on_cases(cases, methods=("dream",))
+    assert chosen[20.0].red_bsrem_beta == 0.0 and "bsrem-rdp" not in red    # restorer_map=False: OSEM only
+
+
+def test_a_restorers_penalised_reconstruction_competes_with_its_osem(tiny_data):
+    """The classical baseline's BSREM-RDP is a restorer's freedom too: the restored data, scaled back
+    to the low-dose counts, reconstructed by converged BSREM-RDP over the same beta x gamma grid."""
+    import dataclasses
+
+    import torch
+
+    from pettk.evaluation import _cases
+    from pettk.evaluation.data import open_split
+    from pettk.evaluation.methods import ClassicalSettings, converged_bsrem, make_runner
+    from pettk.evaluation.tuning import tune_on_cases
+
+    cases = [(d, c) for d, _, c in _cases(open_split(tiny_data, "validation", (20.0,)), torch.device("cpu"))]
+    restorer = _ScaledCounts()
+    chosen, record = tune_on_cases(cases, methods=("bsrem-rdp", "red"), osem_iterations=(1, 3),
+                                   post_filter_mm=(0.0, 6.0), bsrem_beta=(0.1, 1.0), rdp_gamma=(2.0,), extend=0,
+                                   restorers={"red": restorer})
+    red, raw = record[20.0]["red"], record[20.0]["bsrem-rdp"]
+    assert restorer.calls == len(cases)
+    # DRF · y_low over DRF is the raw data: the same MAP image, the same score, at every (beta, gamma)
+    key = lambda r: (r["rdp_gamma"], r["bsrem_beta"])  # noqa: E731
+    assert [key(r) for r in sorted(red["bsrem-rdp"]["scores"], key=key)] == [(2.0, 0.1), (2.0, 1.0)]
+    for a, b in zip(sorted(red["bsrem-rdp"]["scores"], key=key), sorted(raw["scores"], key=key)):
+        assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-4)
+    best_osem = max(r["psnr"] for r in red["scores"])
+    best_map = red["bsrem-rdp"]["best"]["psnr"]
+    assert red["best"]["psnr"] == max(best_osem, best_map)
+    s = chosen[20.0]
+    if best_map > best_osem:
+        assert red["best"]["reconstruction"] == "bsrem-rdp"
+        assert (s.red_bsrem_beta, s.red_rdp_gamma) == (red["bsrem-rdp"]["best"]["bsrem_beta"], 2.0)
+    else:
+        assert red["best"]["reconstruction"] == "osem" and s.red_bsrem_beta == 0.0
+    # the runner: a positive red_bsrem_beta reconstructs the restored data by converged BSREM-RDP
+    case = cases[0][1]
+    settings = ClassicalSettings(red_bsrem_beta=1.0, red_rdp_gamma=2.0)
+    expected = converged_bsrem(case, dataclasses.replace(settings, bsrem_beta=1.0, rdp_gamma=2.0))
+    torch.testing.assert_close(make_runner("red", restorer, settings)(case), expected, rtol=1e-4,
+                               atol=1e-4 * float(expected.max()))
+    with pytest.raises(ValueError, match="red_bsrem_beta must be >= 0"):
+        ClassicalSettings(red_bsrem_beta=-1.0).validate()
+    with pytest.raises(ValueError, match="dream_rdp_gamma must be > 0"):
+        ClassicalSettings(dream_rdp_gamma=0.0).validate()

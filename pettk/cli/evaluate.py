@@ -76,6 +76,8 @@ def _evaluate(args: argparse.Namespace) -> int:
             if values}
     if args.tune_extend is not None:
         grid["extend"] = args.tune_extend
+    if not args.tune_restorer_map:
+        grid["restorer_map"] = False
     options = dict(tune=args.tune, tune_slices=args.tune_slices, tune_grid=grid or None,
                    bsrem_max_epochs=args.bsrem_max_epochs)
     if args.three_d:

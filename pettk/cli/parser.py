@@ -66,6 +66,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="RDP gammas to try (default 0.5 2 5 20)")
     ev.add_argument("--tune-extend", type=int, metavar="K",
                     help="extend the beta/gamma grids past a winning end up to K times (default 3; 0: as given)")
+    ev.add_argument("--no-tune-restorer-map", dest="tune_restorer_map", action="store_false",
+                    help="tune RED's / DREAM's OSEM + filter of the restored sinogram only (default: its BSREM-RDP "
+                         "competes on the beta/gamma grids)")
     ev.add_argument("--bsrem-max-epochs", type=_positive_int, metavar="N",
                     help="cap BSREM-RDP's epochs (default 1000; it stops earlier when converged)")
     ev.add_argument("--3d", dest="three_d", action="store_true",

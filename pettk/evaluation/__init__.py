@@ -178,6 +178,8 @@ def _check_grid(tune_grid: dict | None) -> dict:
     extend = grid["extend"]
     if not isinstance(extend, int) or isinstance(extend, bool) or extend < 0:
         raise ValueError(f"tune_grid['extend'] must be an integer >= 0, got {extend!r}")
+    if not isinstance(grid["restorer_map"], bool):
+        raise TypeError(f"tune_grid['restorer_map'] must be True or False, got {grid['restorer_map']!r}")
     return grid
 
 
@@ -200,7 +202,10 @@ def _settings_text(per_drf: dict, methods, how: str) -> str:
         if "mlem" in shown:
             items.append(f"MLEM {_n(s.mlem_iterations, 'iteration')}")
         for m in ("red", "dream"):
-            if m in shown:
+            if m in shown and getattr(s, f"{m}_bsrem_beta") > 0:
+                items.append(f"{LABELS[m]}: BSREM-RDP of the restored sinogram, β {getattr(s, f'{m}_bsrem_beta'):g}, "
+                             f"γ {getattr(s, f'{m}_rdp_gamma'):g}")
+            elif m in shown:
                 items.append(f"{LABELS[m]}: OSEM of the restored sinogram, "
                              f"{_n(getattr(s, f'{m}_osem_iterations'), 'iteration')}, "
                              f"{getattr(s, f'{m}_post_filter_mm'):g} mm post-filter")
@@ -263,13 +268,14 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
         With ``data_dir``: the first ``subjects`` test subjects and ``slices`` evenly spaced slices
         of each (default all).
     tune : bool, optional
-        Tune the settings of ``osem`` / ``bsrem-rdp`` (those requested) on the validation data;
+        Tune the settings of ``osem`` / ``bsrem-rdp`` / ``red`` / ``dream`` (those requested; a
+        restorer's OSEM + filter or BSREM-RDP of its restored data) on the validation data;
         default: whenever there is a validation split (always for simulated data).
     tune_slices : int
         Validation slices that tune (evenly spread over the validation split; default 8).
     tune_grid : dict, optional
         Overrides of :data:`TUNE_GRID` (``osem_iterations``, ``post_filter_mm``, ``bsrem_beta``,
-        ``rdp_gamma``, ``extend``).
+        ``rdp_gamma``, ``extend``, ``restorer_map``: False tunes a restorer's OSEM + filter only).
     bsrem_max_epochs : int, optional
         Caps BSREM-RDP's epochs (``ClassicalSettings.bsrem_iterations``), in tuning and evaluation.
     cache_dir : path, optional

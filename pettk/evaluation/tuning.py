@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from ..metrics import psnr
 from ..priors.volume import restore_planes
 from ..recon import osem
-from .methods import Case, ClassicalSettings, filtered, make_runner
+from .methods import Case, ClassicalSettings, filtered, make_runner, restored_map
 
 __all__ = ["TUNABLE", "RESTORERS", "TUNE_GRID", "tune_on_cases"]
 
@@ -27,12 +27,15 @@ log = logging.getLogger(__name__)
 #: The methods whose settings ``tune`` chooses on validation data.
 TUNABLE = ("osem", "bsrem-rdp", "red", "dream")
 #: The sinogram restorers among them: their EM iterations × post-filter after the restoration are
-#: tuned like OSEM's on the raw data (the same freedom as the classical baseline).
+#: tuned like OSEM's on the raw data, and (``restorer_map``) BSREM-RDP's beta × gamma of the
+#: restored data like the raw data's: the same freedom as the classical baselines.
 RESTORERS = ("red", "dream")
 #: The default tuning grids (those of :func:`tune_classical`); ``extend``: how many times a grid
-#: is extended past a winning end (beta, gamma; 0 keeps the grids as given).
+#: is extended past a winning end (beta, gamma; 0 keeps the grids as given); ``restorer_map``:
+#: whether a restorer's BSREM-RDP competes with its OSEM + filter.
 TUNE_GRID = {"osem_iterations": (2, 4, 8), "post_filter_mm": (0.0, 4.0, 6.0, 8.0, 10.0),
-             "bsrem_beta": (0.03, 0.1, 0.3, 1.0, 3.0), "rdp_gamma": (0.5, 2.0, 5.0, 20.0), "extend": 3}
+             "bsrem_beta": (0.03, 0.1, 0.3, 1.0, 3.0), "rdp_gamma": (0.5, 2.0, 5.0, 20.0), "extend": 3,
+             "restorer_map": True}
 
 
 def _image(x) -> np.ndarray:
@@ -103,7 +106,7 @@ def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
 
 def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_iterations"],
                   post_filter_mm=TUNE_GRID["post_filter_mm"], bsrem_beta=TUNE_GRID["bsrem_beta"],
-                  rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3,
+                  rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3, restorer_map: bool = TUNE_GRID["restorer_map"],
                   base: ClassicalSettings | dict | None = None, restorers: dict | None = None,
                   progress: bool = False) -> tuple[dict[float, ClassicalSettings], dict[float, dict]]:
     """Choose the classical settings per DRF by best mean PSNR over ``cases`` (validation data).
@@ -118,7 +121,10 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     DRF; default :class:`ClassicalSettings`) gives every other setting. RED and DREAM (when in
     ``methods``, with their models in ``restorers``): the OSEM iterations × post-filter applied to
     the restored sinogram (``red_*``, ``dream_*`` settings), on the OSEM grids with the same
-    extension; each validation sinogram is restored once.
+    extension, and with ``restorer_map`` also the converged BSREM-RDP of the restored data
+    (:func:`~pettk.evaluation.methods.restored_map`) over the beta × gamma grids: the better of
+    the two by mean PSNR is chosen (``*_bsrem_beta`` 0 when OSEM wins); each validation sinogram
+    is restored once.
 
     Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
     ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
@@ -184,10 +190,30 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
 
             scores = _tune_osem(restored_score, osem_iterations, post_filter_mm, extend)
             (n, f) = max(scores, key=scores.get)
-            out = dataclasses.replace(out, **{f"{method}_osem_iterations": n, f"{method}_post_filter_mm": f})
-            rec[method] = {"best": {"osem_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
+            out = dataclasses.replace(out, **{f"{method}_osem_iterations": n, f"{method}_post_filter_mm": f,
+                                              f"{method}_bsrem_beta": 0.0})
+            rec[method] = {"best": {"reconstruction": "osem", "osem_iterations": n, "post_filter_mm": f,
+                                    "psnr": scores[(n, f)]},
                            "scores": [{"osem_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
                                       for k, v in scores.items()]}
+            if restorer_map:
+                def map_score(settings, _method, restored=restored, mine=mine):
+                    values = []
+                    for c, y_hat in zip(mine, restored):
+                        values.append(psnr(_image(restored_map(c, y_hat, settings)), c.truth.numpy()))
+                        bar.update(1)
+                    return float(np.mean(values))
+
+                beta, gamma, per_gamma = _tune_rdp(map_score, b, bsrem_beta, rdp_gamma, limit=extend)
+                best_map = per_gamma[gamma][1][beta]
+                rec[method]["bsrem-rdp"] = {"best": {"bsrem_beta": beta, "rdp_gamma": gamma, "psnr": best_map},
+                                            "scores": [{"rdp_gamma": g, "bsrem_beta": bb, "psnr": v}
+                                                       for g, (_, sc) in sorted(per_gamma.items())
+                                                       for bb, v in sorted(sc.items())]}
+                if best_map > scores[(n, f)]:
+                    out = dataclasses.replace(out, **{f"{method}_bsrem_beta": beta, f"{method}_rdp_gamma": gamma})
+                    rec[method]["best"] = {"reconstruction": "bsrem-rdp", "bsrem_beta": beta, "rdp_gamma": gamma,
+                                           "psnr": best_map}
         chosen[drf] = out.validate()
         record[drf] = rec
         log.info("DRF %g: %s", drf, chosen[drf])
