@@ -448,9 +448,10 @@ class Trainer:
             shadow = {k[4:]: v.to(self.device) for k, v in tensors.items() if k.startswith("ema.")}
             # A run trained without EMA and resumed with it (e.g. a longer run of a shipped model)
             # starts its average at the restored weights; an empty shadow would average nothing.
-            self.ema = EMA(self.module, self.ema.decay) if not shadow else self.ema
             if shadow:
                 self.ema.shadow = shadow
+            else:
+                self.ema = EMA(self.module, self.ema.decay)
         state: dict = {}
         for k, v in tensors.items():
             if k.startswith("optim."):
