@@ -80,6 +80,13 @@ def _tune_rdp(score, base: ClassicalSettings, betas, gammas, limit: int = 3):
     return per_gamma[best_gamma][0], best_gamma, per_gamma
 
 
+def _rdp_record(beta: float, gamma: float, per_gamma: dict) -> dict:
+    """The tuning record of a BSREM-RDP search (:func:`_tune_rdp`): its best point and every score."""
+    return {"best": {"bsrem_beta": beta, "rdp_gamma": gamma, "psnr": per_gamma[gamma][1][beta]},
+            "scores": [{"rdp_gamma": g, "bsrem_beta": b, "psnr": v}
+                       for g, (_, sc) in sorted(per_gamma.items()) for b, v in sorted(sc.items())]}
+
+
 def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
     """Mean PSNR of OSEM per ``(iterations, post-filter FWHM)``, on a grid extended past a winning
     end, up to ``extend`` times: iterations halved (down to 1) or doubled, the filter widened by
@@ -170,11 +177,7 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
         if "bsrem-rdp" in methods:
             best_beta, best_gamma, per_gamma = _tune_rdp(score, b, bsrem_beta, rdp_gamma, limit=extend)
             out = dataclasses.replace(out, bsrem_beta=best_beta, rdp_gamma=best_gamma)
-            rec["bsrem-rdp"] = {"best": {"bsrem_beta": best_beta, "rdp_gamma": best_gamma,
-                                         "psnr": per_gamma[best_gamma][1][best_beta]},
-                                "scores": [{"rdp_gamma": g, "bsrem_beta": beta, "psnr": v}
-                                           for g, (_, sc) in sorted(per_gamma.items())
-                                           for beta, v in sorted(sc.items())]}
+            rec["bsrem-rdp"] = _rdp_record(best_beta, best_gamma, per_gamma)
             log.info("DRF %g: BSREM-RDP PSNR per gamma: %s", drf,
                      {g: {beta: round(v, 3) for beta, v in sc.items()} for g, (_, sc) in per_gamma.items()})
         for method in (m for m in RESTORERS if m in methods):
@@ -206,10 +209,7 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
 
                 beta, gamma, per_gamma = _tune_rdp(map_score, b, bsrem_beta, rdp_gamma, limit=extend)
                 best_map = per_gamma[gamma][1][beta]
-                rec[method]["bsrem-rdp"] = {"best": {"bsrem_beta": beta, "rdp_gamma": gamma, "psnr": best_map},
-                                            "scores": [{"rdp_gamma": g, "bsrem_beta": bb, "psnr": v}
-                                                       for g, (_, sc) in sorted(per_gamma.items())
-                                                       for bb, v in sorted(sc.items())]}
+                rec[method]["bsrem-rdp"] = _rdp_record(beta, gamma, per_gamma)
                 if best_map > scores[(n, f)]:
                     out = dataclasses.replace(out, **{f"{method}_bsrem_beta": beta, f"{method}_rdp_gamma": gamma})
                     rec[method]["best"] = {"reconstruction": "bsrem-rdp", "bsrem_beta": beta, "rdp_gamma": gamma,
