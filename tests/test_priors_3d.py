@@ -330,6 +330,51 @@ def test_recon_method_on_a_3d_sinogram_file(red_3d, legopet_32, tmp_path):
               "--no-progress"])
 
 
+def test_restored_data_with_bsrem_has_the_raw_data_beta_scale(red_3d, tmp_path):
+    """red / dream + BSREM: the full-dose BSREM of the restored counts with beta * DRF is the low-dose
+    BSREM of the restored counts / DRF with beta (same iterates), on the entry point and the CLI."""
+    from pettk.cli import main
+    from pettk.io import load_nifti, save_sinogram
+    from pettk.priors.apply import reconstruct_learned
+    from pettk.recon import bsrem, rdp
+
+    truth, scan, y_low, model_low = _scan(23)
+    prior = rdp(TINY.grid, gamma=2.0, epsilon=1e-3)
+    beta, n_iter = 0.5, 3
+    y_hat = restore_planes(red_3d, y_low, DRF).clamp_min(0)
+    low_scale = bsrem(model_low, y_hat / DRF, prior, beta, n_iter, 4).numpy()
+    full = reconstruct_restored(red_3d, scan.model, y_low, DRF, iterations=n_iter, subsets=4, prior=prior,
+                                beta=beta).numpy()
+    assert np.allclose(full, low_scale, rtol=1e-3, atol=1e-4 * low_scale.max())
+    plain = reconstruct_restored(red_3d, scan.model, y_low, DRF, iterations=n_iter, subsets=4).numpy()
+    assert np.abs(full - plain).max() > 1e-2 * plain.max()     # the prior acts
+    via_entry = reconstruct_learned("red", red_3d, model_low, y_low, iterations=n_iter, subsets=4, map_prior=prior,
+                                    beta=beta)
+    assert np.allclose(via_entry.numpy(), low_scale, rtol=1e-3, atol=1e-4 * low_scale.max())
+    sino = tmp_path / "low.npz"
+    save_sinogram(sino, y_low, TINY.layout, TINY.grid, normalisation=model_low.mult, additive=model_low.additive)
+    checkpoint = red_3d.save(tmp_path / "red3d.safetensors")
+    out = tmp_path / "red_map.nii.gz"
+    assert main(["recon", str(sino), "--method", "red", "--model", str(checkpoint), "--drf", str(DRF),
+                 "--algorithm", "bsrem", "--beta", str(beta), "--gamma", "2", "--epsilon", "1e-3",
+                 "--iterations", str(n_iter), "--subsets", "4", "--psf-mm", "3", "-o", str(out), "--no-progress"]) == 0
+    image, _ = load_nifti(out)
+    assert np.allclose(image, low_scale, rtol=1e-3, atol=1e-4 * low_scale.max())
+    # clear errors before any work
+    with pytest.raises(ValueError, match="beta 0.5 needs a prior"):
+        reconstruct_restored(red_3d, scan.model, y_low, DRF, beta=0.5)
+    with pytest.raises(TypeError, match="prior must be a pettk.recon prior"):
+        reconstruct_restored(red_3d, scan.model, y_low, DRF, prior="rdp", beta=0.5)
+    with pytest.raises(ValueError, match="beta must be"):
+        reconstruct_restored(red_3d, scan.model, y_low, DRF, prior=prior, beta=-1.0)
+    with pytest.raises(ValueError, match="map_prior and beta are for the sinogram restorers"):
+        reconstruct_learned("legopet", red_3d, model_low, y_low, map_prior=prior, beta=1.0)
+    with pytest.raises(SystemExit, match="red and dream take --algorithm bsrem"):
+        main(["recon", str(sino), "--method", "legopet", "--algorithm", "bsrem", "-o", str(tmp_path / "l.nii.gz")])
+    with pytest.raises(SystemExit, match="either --algorithm or --method"):
+        main(["recon", str(sino), "--method", "red", "--algorithm", "osl-map", "-o", str(tmp_path / "o.nii.gz")])
+
+
 def test_evaluation_runners_take_3d_cases(red_3d, legopet_32):
     """pettk evaluate --3d runs the learned methods through the same runners as the 2D evaluation."""
     from pettk.evaluation.methods import Case, ClassicalSettings, make_runner

@@ -172,7 +172,8 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--mu", help="mu-map NIfTI (1/mm) when the file has no attenuation factors")
     rec.add_argument("--method", choices=("red", "dream", "ddip", "legopet", "pet-dds"),
                      help="a learned method instead of --algorithm (2D or 3D sinograms; red/dream: then OSEM "
-                          "with --iterations/--subsets)")
+                          "with --iterations/--subsets, or with --algorithm bsrem BSREM with --prior/--beta on "
+                          "the raw counts' scale)")
     rec.add_argument("--model", help="--method's model: a shipped name (pettk.models) or a .safetensors checkpoint "
                                      "(default: the method's shipped model)")
     rec.add_argument("--drf", type=float, help="red/dream: the data's dose-reduction factor (default the model's); "

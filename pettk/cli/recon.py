@@ -99,8 +99,9 @@ def _recon(args: argparse.Namespace) -> int:
     _check_output_file(output)
     _check_numbers(args)
     _check_dicom_folder(args)
-    if args.method and args.algorithm != "osem":
-        raise SystemExit("pettk recon: give either --algorithm or --method (a learned method), not both")
+    if args.method and args.algorithm != "osem" and not (args.method in ("red", "dream") and args.algorithm == "bsrem"):
+        raise SystemExit("pettk recon: give either --algorithm or --method (a learned method), not both "
+                         "(red and dream take --algorithm bsrem: BSREM of the restored data)")
     learned = _learned_model(args) if args.method else None
     data = load_sinogram(args.sinogram)
     grid = data.grid
@@ -131,11 +132,9 @@ def _recon(args: argparse.Namespace) -> int:
         elif args.algorithm == "osem":
             image = recon.osem(model, prompts, args.iterations, args.subsets, progress=progress)
         else:
-            grid_prior = {"rdp": lambda: recon.rdp(grid, gamma=args.gamma, epsilon=args.epsilon),
-                          "quadratic": lambda: recon.quadratic(grid),
-                          "tv": lambda: recon.tv(grid, delta=args.epsilon)}[args.prior]()
             run = recon.osl_map if args.algorithm == "osl-map" else recon.bsrem
-            image = run(model, prompts, grid_prior, args.beta, args.iterations, args.subsets, progress=progress)
+            image = run(model, prompts, _map_prior(args, grid), args.beta, args.iterations, args.subsets,
+                        progress=progress)
     if args.post_filter_mm:
         image = recon.post_filter(image, grid, args.post_filter_mm)
     save_nifti(output, np.asarray(image, dtype=np.float32), grid)
@@ -144,8 +143,19 @@ def _recon(args: argparse.Namespace) -> int:
     return 0
 
 
+def _map_prior(args: argparse.Namespace, grid):
+    """The ``--prior`` of ``--algorithm osl-map / bsrem`` on ``grid``."""
+    from .. import recon
+
+    return {"rdp": lambda: recon.rdp(grid, gamma=args.gamma, epsilon=args.epsilon),
+            "quadratic": lambda: recon.quadratic(grid),
+            "tv": lambda: recon.tv(grid, delta=args.epsilon)}[args.prior]()
+
+
 def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
-    """``pettk recon --method``: the loaded model on the file's 2D or 3D data (:mod:`pettk.priors.apply`)."""
+    """``pettk recon --method``: the loaded model on the file's 2D or 3D data (:mod:`pettk.priors.apply`);
+    red / dream with ``--algorithm bsrem``: BSREM of the restored data with ``--prior`` and ``--beta``
+    (on the scale of a BSREM of the raw counts)."""
     from ..io import load_nifti
     from ..priors.apply import reconstruct_learned
 
@@ -156,8 +166,10 @@ def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
             raise SystemExit(f"pettk recon: the MR has shape {mr_grid.shape}, the sinogram's grid {grid.shape}")
     drf = args.drf if args.method in ("red", "dream") else None  # an image prior's --drf chose its settings
     try:
+        map_options = ({"map_prior": _map_prior(args, grid), "beta": args.beta} if args.algorithm == "bsrem" else {})
         return reconstruct_learned(args.method, learned, model, prompts, drf=drf, mr=mr,
-                                   iterations=args.iterations, subsets=args.subsets, progress=not args.no_progress)
+                                   iterations=args.iterations, subsets=args.subsets, progress=not args.no_progress,
+                                   **map_options)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"pettk recon: --method {args.method}: {err}") from None
 

@@ -7,8 +7,8 @@ and its counts; it picks the path that fits the method and the data:
 ========  =====================================  ===================================================
 method    2D (one transaxial sinogram)           3D ring sinogram (direct and oblique planes)
 ========  =====================================  ===================================================
-red       restore, then OSEM (full-dose model)   every plane restored (:func:`.volume.restore_planes`),
-dream                                            then 3D OSEM (:func:`.volume.reconstruct_restored`)
+red       restore, then OSEM or BSREM            every plane restored (:func:`.volume.restore_planes`),
+dream     (full-dose model)                      then 3D OSEM or BSREM (:func:`.volume.reconstruct_restored`)
 legopet   conditional sampling                   SSRB, per-slice sampling, 3D refinement
                                                  (:func:`.volume.rebinned_volume`)
 ddip      ``prior.reconstruct`` (2D)             ``prior.reconstruct`` with the 3D model (network on
@@ -18,7 +18,7 @@ pet-dds                                          the axial slices inside the 3D 
 
 from __future__ import annotations
 
-from .._validation import as_positive_float, as_positive_int
+from .._validation import as_nonnegative_float, as_positive_float, as_positive_int
 from ..geometry import SinogramLayout
 from ..physics import ForwardModel
 from .base import ImagePrior, SinogramRestorer
@@ -29,8 +29,8 @@ LEARNED_METHODS = ("red", "dream", "ddip", "legopet", "pet-dds")
 
 
 def reconstruct_learned(method: str, prior, forward_model: ForwardModel, y, *, drf: float | None = None, mr=None,
-                        iterations: int = 2, subsets: int = 8, post_filter_mm: float = 0.0,
-                        batch_size: int | None = None, progress: bool = False):
+                        iterations: int = 2, subsets: int = 8, post_filter_mm: float = 0.0, map_prior=None,
+                        beta: float = 0.0, batch_size: int | None = None, progress: bool = False):
     """Reconstruct counts ``y`` with a learned ``method``.
 
     Parameters
@@ -49,7 +49,11 @@ def reconstruct_learned(method: str, prior, forward_model: ForwardModel, y, *, d
     mr : array or tensor ``forward_model.shape_in``, optional
         DDIP / PET-DDS: the co-registered MR.
     iterations, subsets, post_filter_mm :
-        Restorers only: the OSEM of the restored data and its Gaussian post-filter (mm).
+        Restorers only: the OSEM (BSREM epochs with ``map_prior``) of the restored data and its
+        Gaussian post-filter (mm).
+    map_prior, beta : optional
+        Restorers only: BSREM with this :mod:`pettk.recon` prior instead of OSEM, ``beta`` on the
+        scale of a BSREM of the raw low-dose counts (:func:`.volume.reconstruct_restored`).
     batch_size : int, optional
         Planes (restorers) or slices (LegoPET 3D) per network call.
 
@@ -72,7 +76,10 @@ def reconstruct_learned(method: str, prior, forward_model: ForwardModel, y, *, d
         full = forward_model.with_background(additive, scale=drf)
         return reconstruct_restored(prior, full, y, drf, iterations=as_positive_int("iterations", iterations),
                                     subsets=as_positive_int("subsets", subsets), post_filter_mm=post_filter_mm,
-                                    batch_size=batch_size, progress=progress)
+                                    prior=map_prior, beta=beta, batch_size=batch_size, progress=progress)
+    if map_prior is not None or as_nonnegative_float("beta", beta) > 0:
+        raise ValueError(f"map_prior and beta are for the sinogram restorers (red, dream), not {method!r}: "
+                         "an image prior brings its own regularisation")
     if not isinstance(prior, ImagePrior):
         raise TypeError(f"method {method!r} needs an image prior, got {type(prior).__name__}")
     if method == "legopet":

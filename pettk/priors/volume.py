@@ -30,7 +30,8 @@ from ..geometry import ImageGrid, SinogramLayout, SinogramLayout2D
 from ..physics import ForwardModel
 from ..projector import Projector
 from ..rebinning import ssrb, ssrb_positions_mm
-from ..recon import osem
+from ..recon import bsrem, osem
+from ..recon.priors import Prior
 from ..recon.filters import post_filter
 from .base import SinogramRestorer
 
@@ -138,9 +139,9 @@ def restore_planes(restorer: SinogramRestorer, y_low, drf: float, *, batch_size:
 
 
 def reconstruct_restored(restorer: SinogramRestorer, forward_model: ForwardModel, y_low, drf: float, *,
-                         iterations: int = 2, subsets: int = 8, post_filter_mm: float = 0.0,
-                         batch_size: int | None = None, progress: bool = False):
-    """Restore every plane of a 3D low-dose sinogram, then reconstruct it with 3D OSEM.
+                         iterations: int = 2, subsets: int = 8, post_filter_mm: float = 0.0, prior=None,
+                         beta: float = 0.0, batch_size: int | None = None, progress: bool = False):
+    """Restore every plane of a low-dose sinogram (2D or 3D), then reconstruct it with OSEM or BSREM.
 
     Parameters
     ----------
@@ -151,10 +152,18 @@ def reconstruct_restored(restorer: SinogramRestorer, forward_model: ForwardModel
     y_low : array or tensor ``forward_model.shape_out``
     drf : float
     iterations, subsets : int
-        3D OSEM of the restored data (tune them on validation volumes: a restored sinogram is far
-        less noisy than the raw one).
+        OSEM (or with ``prior``, BSREM epochs) of the restored data (tune them on validation
+        volumes: a restored sinogram is far less noisy than the raw one).
     post_filter_mm : float
-        Gaussian FWHM after OSEM (0: none).
+        Gaussian FWHM after the reconstruction (0: none).
+    prior, beta : optional
+        A :mod:`pettk.recon` prior (e.g. ``pettk.recon.rdp(grid)``) and its strength: BSREM
+        (:func:`pettk.recon.bsrem`, from a uniform image) maximises the Poisson likelihood of the
+        restored counts minus ``beta * drf * R(x)`` with the full-dose model. That is the optimum of
+        the restored data scaled to the low dose (``y_hat / drf``) with the low-dose model and
+        ``beta``, so ``beta`` has the scale of a BSREM of the raw low-dose counts (a restored
+        sinogram is smoother than Poisson data, so tune it separately; ``beta`` 0: the likelihood
+        alone).
 
     Returns
     -------
@@ -167,8 +176,17 @@ def reconstruct_restored(restorer: SinogramRestorer, forward_model: ForwardModel
         raise ValueError(f"y_low must have the forward model's shape {tuple(forward_model.shape_out)}, "
                          f"got {tuple(y.shape)}")
     fwhm = as_nonnegative_float("post_filter_mm", post_filter_mm)
+    beta = as_nonnegative_float("beta", beta)
+    if prior is not None and not isinstance(prior, Prior):
+        raise TypeError(f"prior must be a pettk.recon prior (quadratic, rdp, tv) or None, got {type(prior).__name__}")
+    if prior is None and beta > 0:
+        raise ValueError(f"beta {beta:g} needs a prior (e.g. pettk.recon.rdp(grid)); without one the "
+                         "restored data are reconstructed with OSEM")
     y_hat = restore_planes(restorer, y, drf, batch_size=batch_size, progress=progress).clamp_min(0)
-    x = osem(forward_model, y_hat, iterations, subsets)
+    if prior is None:
+        x = osem(forward_model, y_hat, iterations, subsets)
+    else:
+        x = bsrem(forward_model, y_hat, prior, beta * float(drf), iterations, subsets)
     if fwhm > 0:
         x = post_filter(x, forward_model.projector.grid, fwhm)
     return x.cpu().numpy() if is_numpy else x
