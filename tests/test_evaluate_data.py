@@ -317,7 +317,7 @@ def test_restorers_get_the_same_tuning_freedom(tiny_data):
         assert a["psnr"] == pytest.approx(b["psnr"], abs=1e-3)
     with pytest.raises(ValueError, match="needs the model"):
         tune_on_cases(cases, methods=("dream",))
-    assert chosen[20.0].red_bsrem_beta == 0.0 and "bsrem-rdp" not in red    # restorer_map=False: OSEM only
+    assert chosen[20.0].red_reconstruction == "osem" and "bsrem-rdp" not in red    # restorer_map=False: OSEM only
 
 
 def test_a_restorers_penalised_reconstruction_competes_with_its_osem(tiny_data):
@@ -349,17 +349,19 @@ def test_a_restorers_penalised_reconstruction_competes_with_its_osem(tiny_data):
     assert red["best"]["psnr"] == max(best_osem, best_map)
     s = chosen[20.0]
     if best_map > best_osem:
-        assert red["best"]["reconstruction"] == "bsrem-rdp"
+        assert red["best"]["reconstruction"] == s.red_reconstruction == "bsrem-rdp"
         assert (s.red_bsrem_beta, s.red_rdp_gamma) == (red["bsrem-rdp"]["best"]["bsrem_beta"], 2.0)
     else:
-        assert red["best"]["reconstruction"] == "osem" and s.red_bsrem_beta == 0.0
-    # the runner: a positive red_bsrem_beta reconstructs the restored data by converged BSREM-RDP
+        assert red["best"]["reconstruction"] == "osem" and s.red_reconstruction == "osem"
+    # the runner: red_reconstruction "bsrem-rdp" reconstructs the restored data by converged BSREM-RDP
     case = cases[0][1]
-    settings = ClassicalSettings(red_bsrem_beta=1.0, red_rdp_gamma=2.0)
+    settings = ClassicalSettings(red_reconstruction="bsrem-rdp", red_bsrem_beta=1.0, red_rdp_gamma=2.0)
     expected = converged_bsrem(case, dataclasses.replace(settings, bsrem_beta=1.0, rdp_gamma=2.0))
     torch.testing.assert_close(make_runner("red", restorer, settings)(case), expected, rtol=1e-4,
                                atol=1e-4 * float(expected.max()))
-    with pytest.raises(ValueError, match="red_bsrem_beta must be >= 0"):
-        ClassicalSettings(red_bsrem_beta=-1.0).validate()
+    with pytest.raises(ValueError, match="red_bsrem_beta must be > 0"):
+        ClassicalSettings(red_bsrem_beta=0.0).validate()
+    with pytest.raises(ValueError, match="dream_reconstruction must be one of 'osem', 'bsrem-rdp', got 'map'"):
+        ClassicalSettings(dream_reconstruction="map").validate()
     with pytest.raises(ValueError, match="dream_rdp_gamma must be > 0"):
         ClassicalSettings(dream_rdp_gamma=0.0).validate()

@@ -202,7 +202,7 @@ def _settings_text(per_drf: dict, methods, how: str) -> str:
         if "mlem" in shown:
             items.append(f"MLEM {_n(s.mlem_iterations, 'iteration')}")
         for m in ("red", "dream"):
-            if m in shown and getattr(s, f"{m}_bsrem_beta") > 0:
+            if m in shown and getattr(s, f"{m}_reconstruction") == "bsrem-rdp":
                 items.append(f"{LABELS[m]}: BSREM-RDP of the restored sinogram, β {getattr(s, f'{m}_bsrem_beta'):g}, "
                              f"γ {getattr(s, f'{m}_rdp_gamma'):g}")
             elif m in shown:

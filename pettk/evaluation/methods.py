@@ -84,6 +84,10 @@ class Case:
         return self.model.with_background(additive, scale=1.0 / self.drf)
 
 
+#: How a restorer's restored sinogram is reconstructed (``ClassicalSettings.red_reconstruction``).
+RESTORED_RECONSTRUCTIONS = ("osem", "bsrem-rdp")
+
+
 @dataclass(frozen=True)
 class ClassicalSettings:
     """Settings of the classical methods (and of the EM after the sinogram restorers).
@@ -101,11 +105,11 @@ class ClassicalSettings:
     RED 2 iterations / no filter, 22.21 dB; DREAM 10 iterations / no filter, 23.82 dB; the raw
     data's best OSEM there: 2 iterations / 5 mm, 22.15 dB).
 
-    ``red_bsrem_beta`` / ``dream_bsrem_beta`` > 0 replace that OSEM by the converged BSREM-RDP
-    of the restored data (:func:`restored_map`) with ``(beta, gamma)`` = ``(*_bsrem_beta,
-    *_rdp_gamma)``, on the same scale as ``bsrem_beta`` (0, the default: OSEM + filter, the
-    papers' recipe). The classical baseline's penalised reconstruction is the freedom a restorer
-    gets too. Measured on 16 out-of-family validation slices at DRF 20 (``red-drf20-128``): 26.55
+    ``red_reconstruction`` / ``dream_reconstruction`` = ``"bsrem-rdp"`` replace that OSEM by the
+    converged BSREM-RDP of the restored data (:func:`restored_map`) with ``(beta, gamma)`` =
+    ``(*_bsrem_beta, *_rdp_gamma)``, on the same scale as ``bsrem_beta`` (``"osem"``, the
+    default: OSEM + filter, the papers' recipe). The classical baseline's penalised
+    reconstruction is the freedom a restorer gets too. Measured on 16 out-of-family validation slices at DRF 20 (``red-drf20-128``): 26.55
     dB at beta 3, gamma 12.5, a tie with the best OSEM there (1 iteration, no filter, 26.56 dB).
     """
 
@@ -122,9 +126,11 @@ class ClassicalSettings:
     red_post_filter_mm: float = 0.0
     dream_osem_iterations: int = 10
     dream_post_filter_mm: float = 0.0
-    red_bsrem_beta: float = 0.0
+    red_reconstruction: str = "osem"
+    red_bsrem_beta: float = 1.0
     red_rdp_gamma: float = 2.0
-    dream_bsrem_beta: float = 0.0
+    dream_reconstruction: str = "osem"
+    dream_bsrem_beta: float = 1.0
     dream_rdp_gamma: float = 2.0
 
     def validate(self) -> ClassicalSettings:
@@ -136,12 +142,12 @@ class ClassicalSettings:
         for name in ("post_filter_mm", "red_post_filter_mm", "dream_post_filter_mm"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
-        for name in ("red_bsrem_beta", "dream_bsrem_beta"):
-            value = float(getattr(self, name))
-            if not (value >= 0 and math.isfinite(value)):
-                raise ValueError(f"{name} must be >= 0 (0: OSEM + filter of the restored data), got "
-                                 f"{getattr(self, name)!r}")
-        for name in ("bsrem_beta", "rdp_gamma", "bsrem_tolerance", "red_rdp_gamma", "dream_rdp_gamma"):
+        for name in ("red_reconstruction", "dream_reconstruction"):
+            if getattr(self, name) not in RESTORED_RECONSTRUCTIONS:
+                raise ValueError(f"{name} must be one of {', '.join(map(repr, RESTORED_RECONSTRUCTIONS))}, "
+                                 f"got {getattr(self, name)!r}")
+        for name in ("bsrem_beta", "rdp_gamma", "bsrem_tolerance", "red_bsrem_beta", "red_rdp_gamma",
+                     "dream_bsrem_beta", "dream_rdp_gamma"):
             value = float(getattr(self, name))
             if not (value > 0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
@@ -232,11 +238,10 @@ def restored_map(case: Case, y_restored: torch.Tensor, s: ClassicalSettings) -> 
 
 def _restorer(restorer, method: str) -> Callable[[Case, ClassicalSettings], torch.Tensor]:
     def run(case: Case, s: ClassicalSettings) -> torch.Tensor:
-        beta = float(getattr(s, f"{method}_bsrem_beta"))
-        if beta > 0:
+        if getattr(s, f"{method}_reconstruction") == "bsrem-rdp":
             y_restored = restore_planes(restorer, case.y_low, case.drf).clamp_min(0)
-            gamma = float(getattr(s, f"{method}_rdp_gamma"))
-            return restored_map(case, y_restored, dataclasses.replace(s, bsrem_beta=beta, rdp_gamma=gamma))
+            return restored_map(case, y_restored, dataclasses.replace(
+                s, bsrem_beta=getattr(s, f"{method}_bsrem_beta"), rdp_gamma=getattr(s, f"{method}_rdp_gamma")))
         return reconstruct_restored(restorer, case.model, case.y_low, case.drf,
                                     iterations=getattr(s, f"{method}_osem_iterations"), subsets=s.osem_subsets,
                                     post_filter_mm=getattr(s, f"{method}_post_filter_mm"))

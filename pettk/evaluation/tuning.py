@@ -130,8 +130,8 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     the restored sinogram (``red_*``, ``dream_*`` settings), on the OSEM grids with the same
     extension, and with ``restorer_map`` also the converged BSREM-RDP of the restored data
     (:func:`~pettk.evaluation.methods.restored_map`) over the beta × gamma grids: the better of
-    the two by mean PSNR is chosen (``*_bsrem_beta`` 0 when OSEM wins); each validation sinogram
-    is restored once.
+    the two by mean PSNR is chosen (``*_reconstruction``: ``"osem"`` or ``"bsrem-rdp"``); each
+    validation sinogram is restored once.
 
     Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
     ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
@@ -194,7 +194,7 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
             scores = _tune_osem(restored_score, osem_iterations, post_filter_mm, extend)
             (n, f) = max(scores, key=scores.get)
             out = dataclasses.replace(out, **{f"{method}_osem_iterations": n, f"{method}_post_filter_mm": f,
-                                              f"{method}_bsrem_beta": 0.0})
+                                              f"{method}_reconstruction": "osem"})
             rec[method] = {"best": {"reconstruction": "osem", "osem_iterations": n, "post_filter_mm": f,
                                     "psnr": scores[(n, f)]},
                            "scores": [{"osem_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
@@ -211,7 +211,8 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
                 best_map = per_gamma[gamma][1][beta]
                 rec[method]["bsrem-rdp"] = _rdp_record(beta, gamma, per_gamma)
                 if best_map > scores[(n, f)]:
-                    out = dataclasses.replace(out, **{f"{method}_bsrem_beta": beta, f"{method}_rdp_gamma": gamma})
+                    out = dataclasses.replace(out, **{f"{method}_reconstruction": "bsrem-rdp",
+                                                      f"{method}_bsrem_beta": beta, f"{method}_rdp_gamma": gamma})
                     rec[method]["best"] = {"reconstruction": "bsrem-rdp", "bsrem_beta": beta, "rdp_gamma": gamma,
                                            "psnr": best_map}
         chosen[drf] = out.validate()
