@@ -12,7 +12,8 @@ import pytest
 from pettk.cli import main
 from pettk.evaluation import VALIDATION_SEED, EvalData, evaluate
 from pettk.metrics import lesion_contrast_recovery, lesion_rois
-from pettk.priors import SinogramRestorer
+from pettk.priors import ImagePrior, SinogramRestorer
+from pettk.recon import mlem, osem
 from pettk.sim.datasets import FIELDS, DatasetConfig, build_dataset
 
 # -- contrast recovery -------------------------------------------------------------------------
@@ -305,7 +306,7 @@ def test_restorers_get_the_same_tuning_freedom(tiny_data):
     cases = [(d, c) for d, _, c in _cases(open_split(tiny_data, "validation", (20.0,)), torch.device("cpu"))]
     restorer = _ScaledCounts()
     chosen, record = tune_on_cases(cases, methods=("osem", "red"), osem_iterations=(1, 3), post_filter_mm=(0.0, 6.0),
-                                   extend=0, restorers={"red": restorer}, restorer_map=False)
+                                   extend=0, models={"red": restorer}, restorer_map=False)
     assert restorer.calls == len(cases)                      # each sinogram restored once
     red, osem = record[20.0]["red"], record[20.0]["osem"]
     assert len(red["scores"]) == 4
@@ -318,6 +319,58 @@ def test_restorers_get_the_same_tuning_freedom(tiny_data):
     with pytest.raises(ValueError, match="needs the model"):
         tune_on_cases(cases, methods=("dream",))
     assert chosen[20.0].red_reconstruction == "osem" and "bsrem-rdp" not in red    # restorer_map=False: OSEM only
+
+
+class _OSEMSample(ImagePrior):
+    """A stand-in sampler (one OSEM iteration: a noisy image that EM and a filter improve); counts its calls."""
+
+    def __init__(self):
+        self.calls = 0
+
+    def reconstruct(self, forward_model, y, *, mr=None, init=None, progress=False):
+        self.calls += 1
+        return osem(forward_model, y, 1, 8)
+
+
+def test_legopet_gets_the_post_processing_freedom_of_osem(tiny_data):
+    """LegoPET's sample + MLEM iterations x post-filter, tuned on validation slices like OSEM + filter;
+    each slice is sampled once and the runner reproduces the tuned score."""
+    import torch
+
+    from pettk.evaluation import _cases
+    from pettk.evaluation.data import open_split
+    from pettk.evaluation.methods import ClassicalSettings, make_runner, refined_sample
+    from pettk.evaluation.tuning import tune_on_cases
+    from pettk.metrics import psnr
+
+    cases = [(d, c) for d, _, c in _cases(open_split(tiny_data, "validation", (20.0,)), torch.device("cpu"))]
+    sampler = _OSEMSample()
+    chosen, record = tune_on_cases(cases, methods=("legopet",), post_filter_mm=(0.0, 6.0), extend=0,
+                                   models={"legopet": {20.0: sampler}})
+    assert sampler.calls == len(cases)
+    lego = record[20.0]["legopet"]
+    assert len(lego["scores"]) == 5 * 2                     # EM iterations 0 1 2 4 8 x filter 0 6 mm
+    s = chosen[20.0]
+    best = lego["best"]
+    assert (s.legopet_em_iterations, s.legopet_post_filter_mm) == (best["em_iterations"], best["post_filter_mm"])
+    # a noisy sample is improved by EM + filter, so the freedom is used; 0 x 0 is the sample itself
+    as_sampled = next(r["psnr"] for r in lego["scores"] if (r["em_iterations"], r["post_filter_mm"]) == (0, 0.0))
+    assert best["psnr"] > as_sampled + 0.1
+    run = make_runner("legopet", sampler, s)
+    scores = [psnr(run(c).numpy(), c.truth.numpy()) for _, c in cases]
+    assert float(np.mean(scores)) == pytest.approx(best["psnr"], abs=1e-4)
+    # refined_sample: 0 iterations and 0 mm leave the sample; MLEM from it otherwise
+    c = cases[0][1]
+    x = osem(c.model_low, c.y_low, 1, 8)
+    assert torch.equal(refined_sample(c, x, 0, 0.0), x)
+    expected = mlem(c.model_low, c.y_low, 2, x0=x.clamp_min(1e-3 * float(x.max())))
+    torch.testing.assert_close(refined_sample(c, x, 2, 0.0), expected)
+    with pytest.raises(ValueError, match="legopet_em_iterations must be an integer >= 0"):
+        ClassicalSettings(legopet_em_iterations=-1).validate()
+    with pytest.raises(ValueError, match="legopet_post_filter_mm must be >= 0"):
+        ClassicalSettings(legopet_post_filter_mm=-2.0).validate()
+    with pytest.raises(ValueError, match="tuning legopet needs the model"):
+        tune_on_cases(cases, methods=("legopet",))
 
 
 def test_a_restorers_penalised_reconstruction_competes_with_its_osem(tiny_data):
@@ -336,7 +389,7 @@ def test_a_restorers_penalised_reconstruction_competes_with_its_osem(tiny_data):
     restorer = _ScaledCounts()
     chosen, record = tune_on_cases(cases, methods=("bsrem-rdp", "red"), osem_iterations=(1, 3),
                                    post_filter_mm=(0.0, 6.0), bsrem_beta=(0.1, 1.0), rdp_gamma=(2.0,), extend=0,
-                                   restorers={"red": restorer})
+                                   models={"red": restorer})
     red, raw = record[20.0]["red"], record[20.0]["bsrem-rdp"]
     assert restorer.calls == len(cases)
     # DRF · y_low over DRF is the raw data: the same MAP image, the same score, at every (beta, gamma)

@@ -51,9 +51,10 @@ def build_parser() -> argparse.ArgumentParser:
                     help="simulated subjects' anatomy (default v1, the shipped models' training family; v2 and "
                          "v2-shifted are out of family for them, v2-shifted also for models trained on v2)")
     ev.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
-                    help="tune OSEM (iterations x post-filter) and BSREM-RDP (beta x gamma) by mean PSNR on the "
-                         "validation split of the evaluated data (default: on when there is one; --no-tune: the "
-                         "fixed TUNED constants)")
+                    help="tune OSEM (iterations x post-filter) and BSREM-RDP (beta x gamma), and the same freedom "
+                         "after RED/DREAM's restoration and LegoPET's sample, by mean PSNR on the validation split "
+                         "of the evaluated data (default: on when there is one; --no-tune: the fixed TUNED "
+                         "constants, LegoPET as sampled)")
     ev.add_argument("--tune-slices", type=_positive_int, default=8,
                     help="validation slices that tune, evenly spread (default 8)")
     ev.add_argument("--tune-osem-iterations", type=_positive_int, nargs="+", metavar="N",

@@ -188,7 +188,7 @@ def _n(count: int, word: str) -> str:
 
 
 def _settings_text(per_drf: dict, methods, how: str) -> str:
-    shown = [m for m in ("osem", "bsrem-rdp", "mlem", "red", "dream") if m in methods]
+    shown = [m for m in ("osem", "bsrem-rdp", "mlem", "red", "dream", "legopet") if m in methods]
     if not shown:
         return ""
     parts = []
@@ -209,6 +209,9 @@ def _settings_text(per_drf: dict, methods, how: str) -> str:
                 items.append(f"{LABELS[m]}: OSEM of the restored sinogram, "
                              f"{_n(getattr(s, f'{m}_osem_iterations'), 'iteration')}, "
                              f"{getattr(s, f'{m}_post_filter_mm'):g} mm post-filter")
+        if "legopet" in shown:
+            items.append(f"LegoPET: its sample + {_n(s.legopet_em_iterations, 'MLEM iteration')}, "
+                         f"{s.legopet_post_filter_mm:g} mm post-filter")
         parts.append(f"DRF {drf:g}: " + "; ".join(items))
     return f"Settings, {how}: " + ". ".join(parts) + ".\n\n"
 
@@ -380,7 +383,8 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
             val_cases = _cases(val_sets, device, val_idx)
             start = time.perf_counter()
             per_drf, record = tune_on_cases([(d, c) for d, _, c in val_cases], methods=tunable, base=per_drf,
-                                            restorers={m: models[m] for m in tunable if m in models},
+                                            models={m: {d: drf_models[(m, d)] for d in drfs}
+                                                    for m in tunable if m in models},
                                             progress=progress, **grid)
             tuning = {"criterion": "mean PSNR against the true activity over the validation slices",
                       "source": source, "methods": list(tunable), "grid": {k: list(v) if isinstance(v, tuple) else v

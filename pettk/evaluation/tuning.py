@@ -1,7 +1,7 @@
 """Choosing the classical baselines' settings on validation data (grid search on mean PSNR).
 
 :func:`tune_on_cases` searches OSEM iterations × post-filter and BSREM-RDP ``beta`` × ``gamma``
-over any validation cases; every grid is extended past a winning end, so that the choice is an
+(and the same post-processing freedom of the restorers and LegoPET) over any validation cases; every grid is extended past a winning end, so that the choice is an
 interior optimum (or the record says where the search stopped). ``pettk evaluate --tune`` and
 :func:`pettk.evaluation.tune_classical` use it.
 """
@@ -18,18 +18,24 @@ from tqdm.auto import tqdm
 from ..metrics import psnr
 from ..priors.volume import restore_planes
 from ..recon import osem
-from .methods import Case, ClassicalSettings, filtered, make_runner, restored_map
+from .methods import Case, ClassicalSettings, filtered, make_runner, refined_sample, restored_map
 
-__all__ = ["TUNABLE", "RESTORERS", "TUNE_GRID", "tune_on_cases"]
+__all__ = ["TUNABLE", "RESTORERS", "NEED_MODEL", "LEGOPET_EM_ITERATIONS", "TUNE_GRID", "tune_on_cases"]
 
 log = logging.getLogger(__name__)
 
 #: The methods whose settings ``tune`` chooses on validation data.
-TUNABLE = ("osem", "bsrem-rdp", "red", "dream")
+TUNABLE = ("osem", "bsrem-rdp", "red", "dream", "legopet")
 #: The sinogram restorers among them: their EM iterations × post-filter after the restoration are
 #: tuned like OSEM's on the raw data, and (``restorer_map``) BSREM-RDP's beta × gamma of the
 #: restored data like the raw data's: the same freedom as the classical baselines.
 RESTORERS = ("red", "dream")
+#: The learned methods tuned with their model (``tune_on_cases(models=...)``): the restorers, and
+#: LegoPET, whose sample gets MLEM iterations × post-filter (:data:`LEGOPET_EM_ITERATIONS` × the
+#: OSEM filter grid), the freedom of OSEM + filter.
+NEED_MODEL = RESTORERS + ("legopet",)
+#: MLEM iterations after a LegoPET sample that tuning tries first (0: the sample itself).
+LEGOPET_EM_ITERATIONS = (0, 1, 2, 4, 8)
 #: The default tuning grids (those of :func:`tune_classical`); ``extend``: how many times a grid
 #: is extended past a winning end (beta, gamma; 0 keeps the grids as given); ``restorer_map``:
 #: whether a restorer's BSREM-RDP competes with its OSEM + filter.
@@ -87,6 +93,12 @@ def _rdp_record(beta: float, gamma: float, per_gamma: dict) -> dict:
                        for g, (_, sc) in sorted(per_gamma.items()) for b, v in sorted(sc.items())]}
 
 
+def _model_for(models: dict, method: str, drf: float):
+    """``models[method]``, or its entry for ``drf`` when it is a dict per DRF."""
+    model = models[method]
+    return model[drf] if isinstance(model, dict) else model
+
+
 def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
     """Mean PSNR of OSEM per ``(iterations, post-filter FWHM)``, on a grid extended past a winning
     end, up to ``extend`` times: iterations halved (down to 1) or doubled, the filter widened by
@@ -114,7 +126,7 @@ def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
 def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_iterations"],
                   post_filter_mm=TUNE_GRID["post_filter_mm"], bsrem_beta=TUNE_GRID["bsrem_beta"],
                   rdp_gamma=TUNE_GRID["rdp_gamma"], extend: int = 3, restorer_map: bool = TUNE_GRID["restorer_map"],
-                  base: ClassicalSettings | dict | None = None, restorers: dict | None = None,
+                  base: ClassicalSettings | dict | None = None, models: dict | None = None,
                   progress: bool = False) -> tuple[dict[float, ClassicalSettings], dict[float, dict]]:
     """Choose the classical settings per DRF by best mean PSNR over ``cases`` (validation data).
 
@@ -126,12 +138,15 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     extended past it (× sqrt(10) for beta, × 2.5 for gamma, up to ``extend`` times) so that the
     choice is not an artefact of the grid. ``base`` (a :class:`ClassicalSettings` or one per
     DRF; default :class:`ClassicalSettings`) gives every other setting. RED and DREAM (when in
-    ``methods``, with their models in ``restorers``): the OSEM iterations × post-filter applied to
+    ``methods``, with their models in ``models``): the OSEM iterations × post-filter applied to
     the restored sinogram (``red_*``, ``dream_*`` settings), on the OSEM grids with the same
     extension, and with ``restorer_map`` also the converged BSREM-RDP of the restored data
     (:func:`~pettk.evaluation.methods.restored_map`) over the beta × gamma grids: the better of
     the two by mean PSNR is chosen (``*_reconstruction``: ``"osem"`` or ``"bsrem-rdp"``); each
-    validation sinogram is restored once.
+    validation sinogram is restored once. LegoPET (when in ``methods``, its model in ``models``):
+    MLEM iterations (:data:`LEGOPET_EM_ITERATIONS`, extended like OSEM's) from its sample ×
+    the post-filter grid (``legopet_*`` settings, :func:`~pettk.evaluation.methods.refined_sample`);
+    each validation slice is sampled once.
 
     Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
     ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
@@ -144,10 +159,10 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     unknown = [m for m in methods if m not in TUNABLE]
     if unknown:
         raise ValueError(f"only {', '.join(TUNABLE)} are tuned, got {unknown}")
-    restorers = dict(restorers or {})
-    missing = [m for m in methods if m in RESTORERS and m not in restorers]
+    models = dict(models or {})  # method -> model, or method -> {drf: model}
+    missing = [m for m in methods if m in NEED_MODEL and m not in models]
     if missing:
-        raise ValueError(f"tuning {', '.join(missing)} needs the model(s) in restorers")
+        raise ValueError(f"tuning {', '.join(missing)} needs the model(s) in models")
     if base is None or isinstance(base, ClassicalSettings):
         bases = {d: (base or ClassicalSettings()).validate() for d in by_drf}
     else:
@@ -181,7 +196,7 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
             log.info("DRF %g: BSREM-RDP PSNR per gamma: %s", drf,
                      {g: {beta: round(v, 3) for beta, v in sc.items()} for g, (_, sc) in per_gamma.items()})
         for method in (m for m in RESTORERS if m in methods):
-            restored = [restore_planes(restorers[method], c.y_low, c.drf).clamp_min(0) for c in mine]
+            restored = [restore_planes(_model_for(models, method, drf), c.y_low, c.drf).clamp_min(0) for c in mine]
 
             def restored_score(n, f, restored=restored, mine=mine, subsets=b.osem_subsets):
                 values = []
@@ -215,6 +230,27 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
                                                       f"{method}_bsrem_beta": beta, f"{method}_rdp_gamma": gamma})
                     rec[method]["best"] = {"reconstruction": "bsrem-rdp", "bsrem_beta": beta, "rdp_gamma": gamma,
                                            "psnr": best_map}
+        if "legopet" in methods:
+            sample = make_runner("legopet", _model_for(models, "legopet", drf),
+                                 dataclasses.replace(b, legopet_em_iterations=0, legopet_post_filter_mm=0.0))
+            samples = [torch.as_tensor(sample(c)) for c in mine]  # each validation slice sampled once
+            refined: dict[int, list] = {}
+
+            def sample_score(n, f, samples=samples, mine=mine, refined=refined):
+                if n not in refined:
+                    refined[n] = [refined_sample(c, x, n, 0.0) for c, x in zip(mine, samples)]
+                values = []
+                for c, x in zip(mine, refined[n]):
+                    values.append(psnr(_image(filtered(x, c.grid, f)), c.truth.numpy()))
+                    bar.update(1)
+                return float(np.mean(values))
+
+            scores = _tune_osem(sample_score, LEGOPET_EM_ITERATIONS, post_filter_mm, extend)
+            (n, f) = max(scores, key=scores.get)
+            out = dataclasses.replace(out, legopet_em_iterations=n, legopet_post_filter_mm=f)
+            rec["legopet"] = {"best": {"em_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
+                              "scores": [{"em_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
+                                         for k, v in scores.items()]}
         chosen[drf] = out.validate()
         record[drf] = rec
         log.info("DRF %g: %s", drf, chosen[drf])

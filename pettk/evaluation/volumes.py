@@ -219,7 +219,7 @@ def evaluate_volumes(out_dir, methods=("osem", "bsrem-rdp"), data: VolumeData | 
         val = [(data.drf, simulate_volume(data, VALIDATION_SEED + i, layout, grid, device))
                for i in range(data.validation_subjects)]
         chosen, record = tune_on_cases(val, methods=tunable, base=settings,
-                                       restorers={m: models[m] for m in tunable if m in models},
+                                       models={m: models[m] for m in tunable if m in models},
                                        progress=progress, **grid_opts)
         settings = chosen[float(data.drf)]
     rows, lesion_rows = [], []
