@@ -148,7 +148,8 @@ def main(out: Path) -> None:
     for ax, (img, title) in zip(axes[2], images):
         err = np.linalg.norm((img - truth)[body]) / np.linalg.norm(truth[body])
         ax.imshow(img[:, :, z].T, origin="lower", cmap="gray_r", vmin=0, vmax=top)
-        ax.set_title(title if img is truth else f"{title}\nNRMSE {err:.3f}, mean/true {img[body].mean() / truth[body].mean():.3f}")
+        ratio = img[body].mean() / truth[body].mean()
+        ax.set_title(title if img is truth else f"{title}\nNRMSE {err:.3f}, mean/true {ratio:.3f}")
         ax.axis("off")
     ax = axes[2, 3]
     row = grid.shape[1] // 2 + int(round(6.0 / grid.voxel_size_mm[1]))

@@ -1,8 +1,9 @@
 """Choosing the classical baselines' settings on validation data (grid search on mean PSNR).
 
 :func:`tune_on_cases` searches OSEM iterations × post-filter and BSREM-RDP ``beta`` × ``gamma``
-(and the same post-processing freedom of the restorers and LegoPET) over any validation cases; every grid is extended past a winning end, so that the choice is an
-interior optimum (or the record says where the search stopped). ``pettk evaluate --tune`` and
+(and the same post-processing freedom of the restorers and LegoPET) over any validation cases;
+every grid is extended past a winning end, so that the choice is an interior optimum (or the
+record says where the search stopped). ``pettk evaluate --tune`` and
 :func:`pettk.evaluation.tune_classical` use it.
 """
 

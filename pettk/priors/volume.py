@@ -31,8 +31,8 @@ from ..physics import ForwardModel
 from ..projector import Projector
 from ..rebinning import ssrb, ssrb_positions_mm
 from ..recon import bsrem, osem
-from ..recon.priors import Prior
 from ..recon.filters import post_filter
+from ..recon.priors import Prior
 from .base import SinogramRestorer
 
 __all__ = ["restore_planes", "reconstruct_restored", "rebinned_volume", "axial_interpolation", "planes_per_batch",
