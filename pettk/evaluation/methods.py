@@ -42,7 +42,7 @@ from ..priors.volume import reconstruct_restored, restore_planes
 from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp
 
 __all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "make_runner",
-           "converged_bsrem", "restored_map"]
+           "converged_bsrem", "restored_map", "refined_sample", "RESTORED_RECONSTRUCTIONS"]
 
 CLASSICAL = ("osem", "bsrem-rdp", "mlem")
 LEARNED = ("red", "dream", "ddip", "legopet", "pet-dds")
