@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from ..metrics import psnr
 from ..priors.volume import restore_planes
-from ..recon import osem
+from ..recon import mlem, osem
 from .methods import Case, ClassicalSettings, filtered, make_runner, refined_sample, restored_map
 
 __all__ = ["TUNABLE", "RESTORERS", "NEED_MODEL", "LEGOPET_EM_ITERATIONS", "TUNE_GRID", "tune_on_cases"]
@@ -234,12 +234,15 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
         if "legopet" in methods:
             sample = make_runner("legopet", _model_for(models, "legopet", drf),
                                  dataclasses.replace(b, legopet_em_iterations=0, legopet_post_filter_mm=0.0))
-            samples = [torch.as_tensor(sample(c)) for c in mine]  # each validation slice sampled once
-            refined: dict[int, list] = {}
+            # each validation slice sampled once; refined[n]: its n MLEM iterations, each count
+            # continued from the largest one already run (EM from an EM iterate is the same run)
+            refined = {0: [torch.as_tensor(sample(c)) for c in mine]}
 
-            def sample_score(n, f, samples=samples, mine=mine, refined=refined):
+            def sample_score(n, f, mine=mine, refined=refined):
                 if n not in refined:
-                    refined[n] = [refined_sample(c, x, n, 0.0) for c, x in zip(mine, samples)]
+                    k = max(k for k in refined if k < n)
+                    refined[n] = ([refined_sample(c, x, n, 0.0) for c, x in zip(mine, refined[0])] if k == 0 else
+                                  [mlem(c.model_low, c.y_low, n - k, x0=x) for c, x in zip(mine, refined[k])])
                 values = []
                 for c, x in zip(mine, refined[n]):
                     values.append(psnr(_image(filtered(x, c.grid, f)), c.truth.numpy()))
