@@ -310,6 +310,10 @@ def test_recon_method_on_a_3d_sinogram_file(red_3d, legopet_32, tmp_path):
     assert lego.shape == (32, 32, 8) and bool(torch.isfinite(lego).all())
     with pytest.raises(ValueError, match="LegoPET conditions on the sinogram only"):
         reconstruct_learned("legopet", legopet_32, model_low, y_low, mr=torch.ones(32, 32, 8))
+    with pytest.raises(ValueError, match="refine_iterations is for legopet"):
+        reconstruct_learned("red", red_3d, model_low, y_low, refine_iterations=2)
+    with pytest.raises(ValueError, match="refine_iterations must be"):
+        reconstruct_learned("legopet", legopet_32, model_low, y_low, refine_iterations=-1)
     with pytest.raises(TypeError, match="needs a sinogram restorer"):
         reconstruct_learned("dream", legopet_32, model_low, y_low)
     with pytest.raises(ValueError, match="method must be one of"):
@@ -322,12 +326,49 @@ def test_recon_method_on_a_3d_sinogram_file(red_3d, legopet_32, tmp_path):
     assert not (tmp_path / "p.nii.gz").exists()
     with pytest.raises(SystemExit, match="--drf is for the sinogram restorers"):
         main(["recon", str(sino), "--method", "legopet", "--drf", "10", "-o", str(tmp_path / "l.nii.gz")])
+    with pytest.raises(SystemExit, match="--refine-iterations is for legopet"):
+        main(["recon", str(sino), "--method", "dream", "--refine-iterations", "2", "-o", str(tmp_path / "d.nii.gz")])
     with pytest.raises(SystemExit, match="is a red model, not dream"):
         main(["recon", str(sino), "--method", "dream", "--model", "red-drf20", "-o", str(tmp_path / "d.nii.gz")])
     # the shipped 2D model on this 3D scanner: a sinogram of another layout
     with pytest.raises(SystemExit, match=r"pettk recon: --method red: .*shape \(\.\.\., "):
         main(["recon", str(sino), "--method", "red", "--drf", "20", "-o", str(tmp_path / "s.nii.gz"),
               "--no-progress"])
+
+
+def test_legopet_refined_by_mlem_from_its_sample(legopet_32, tmp_path):
+    """LegoPET's tuned post-processing outside ``pettk evaluate``: ``refine_iterations`` MLEM from the
+    sample (kept above 1e-3 of its max), then the post-filter; the entry point and ``pettk recon
+    --refine-iterations --post-filter-mm`` give the same volume, and EM raises the likelihood."""
+    from pettk.cli import main
+    from pettk.io import load_nifti, save_sinogram
+    from pettk.likelihood import poisson_nll
+    from pettk.priors.apply import reconstruct_learned, refine_sample
+    from pettk.recon import mlem, post_filter
+
+    truth, scan, y_low, model_low = _scan(25)
+    sample = reconstruct_learned("legopet", legopet_32, model_low, y_low, batch_size=4)
+    refined = reconstruct_learned("legopet", legopet_32, model_low, y_low, batch_size=4, refine_iterations=3)
+    by_hand = mlem(model_low, y_low, 3, x0=sample.clamp_min(1e-3 * float(sample.max())))
+    assert torch.allclose(refined, by_hand, rtol=1e-5, atol=1e-6 * float(by_hand.max()))
+    assert torch.equal(refine_sample(model_low, y_low, sample, 0), sample)
+    start = sample.clamp_min(1e-3 * float(sample.max()))
+    nll = [float(poisson_nll(y_low, model_low(x))) for x in (start, refined)]
+    assert nll[1] < nll[0], nll
+    filtered = reconstruct_learned("legopet", legopet_32, model_low, y_low.numpy(), batch_size=4,
+                                   refine_iterations=3, post_filter_mm=4.0)
+    assert isinstance(filtered, np.ndarray)
+    expected = post_filter(by_hand, TINY.grid, 4.0).numpy()
+    assert np.allclose(filtered, expected, rtol=1e-4, atol=1e-5 * float(by_hand.max()))
+    sino, out = tmp_path / "low.npz", tmp_path / "lego.nii.gz"
+    save_sinogram(sino, y_low, TINY.layout, TINY.grid, normalisation=model_low.mult, additive=model_low.additive)
+    checkpoint = legopet_32.save(tmp_path / "lego.safetensors")
+    assert main(["recon", str(sino), "--method", "legopet", "--model", str(checkpoint), "--psf-mm", "3",
+                 "--refine-iterations", "3", "--post-filter-mm", "4", "-o", str(out), "--no-progress"]) == 0
+    image, _ = load_nifti(out)
+    assert np.allclose(image, filtered, rtol=1e-3, atol=1e-3 * float(filtered.max()))
+    with pytest.raises(ValueError, match="sample must have the forward model's image shape"):
+        refine_sample(model_low, y_low, sample[..., :4], 2)
 
 
 def test_restored_data_with_bsrem_has_the_raw_data_beta_scale(red_3d, tmp_path):

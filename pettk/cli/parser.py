@@ -182,6 +182,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--model-setting", action="append", metavar="FIELD=VALUE",
                      help="ddip/pet-dds: change a reconstruction setting of the model, e.g. final_em_iterations=8 "
                           "(VALUE is JSON; repeatable; over the --drf settings)")
+    rec.add_argument("--refine-iterations", type=_nonnegative_int, default=0, metavar="N",
+                     help="legopet: N MLEM iterations of the data started from the sample, before --post-filter-mm "
+                          "(default 0: the sample; the model card gives the pair tuned on validation slices)")
     rec.add_argument("--mr", help="ddip/pet-dds: co-registered MR NIfTI on the sinogram's grid")
     rec.add_argument("--window", choices=("ramp", "shepp-logan", "cosine", "hamming", "hann"), default="hann",
                      help="FBP window (default hann)")
@@ -198,4 +201,11 @@ def _positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value

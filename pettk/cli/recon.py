@@ -166,10 +166,12 @@ def _recon_learned(args: argparse.Namespace, learned, model, prompts, grid):
             raise SystemExit(f"pettk recon: the MR has shape {mr_grid.shape}, the sinogram's grid {grid.shape}")
     drf = args.drf if args.method in ("red", "dream") else None  # an image prior's --drf chose its settings
     try:
-        map_options = ({"map_prior": _map_prior(args, grid), "beta": args.beta} if args.algorithm == "bsrem" else {})
+        options = ({"map_prior": _map_prior(args, grid), "beta": args.beta} if args.algorithm == "bsrem" else {})
+        if args.method == "legopet":
+            options["refine_iterations"] = args.refine_iterations
         return reconstruct_learned(args.method, learned, model, prompts, drf=drf, mr=mr,
                                    iterations=args.iterations, subsets=args.subsets, progress=not args.no_progress,
-                                   **map_options)
+                                   **options)
     except (TypeError, ValueError) as err:
         raise SystemExit(f"pettk recon: --method {args.method}: {err}") from None
 
@@ -190,6 +192,8 @@ def _learned_model(args: argparse.Namespace):
     if args.drf is not None and args.method not in ("red", "dream") and not image_prior:
         raise SystemExit(f"pettk recon: --drf is for the sinogram restorers (red, dream: the data's DRF) and the "
                          f"image priors (ddip, pet-dds: their settings tuned for it), not {args.method}")
+    if args.refine_iterations and args.method != "legopet":
+        raise SystemExit(f"pettk recon: --refine-iterations is for legopet (MLEM from its sample), not {args.method}")
     if args.mr is not None and not image_prior:
         raise SystemExit(f"pettk recon: --mr is for ddip and pet-dds, not {args.method}")
     changes = {}

@@ -37,7 +37,7 @@ import torch
 
 from ..geometry import ImageGrid
 from ..physics import ForwardModel
-from ..priors.apply import reconstruct_learned
+from ..priors.apply import reconstruct_learned, refine_sample
 from ..priors.volume import reconstruct_restored, restore_planes
 from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp
 
@@ -262,13 +262,9 @@ def _restorer(restorer, method: str) -> Callable[[Case, ClassicalSettings], torc
 
 
 def refined_sample(case: Case, sample, em_iterations: int, post_filter_mm: float) -> torch.Tensor:
-    """``em_iterations`` MLEM iterations of ``case``'s low-dose data started from ``sample`` (kept
-    above 1e-3 of its maximum, so that EM can move every voxel), then the Gaussian post-filter
-    (FWHM in mm; 0: none)."""
-    x = torch.as_tensor(sample)
-    if em_iterations > 0:
-        x = mlem(case.model_low, case.y_low, em_iterations, x0=x.clamp_min(1e-3 * float(x.max())))
-    return filtered(x, case.grid, post_filter_mm)
+    """:func:`pettk.priors.apply.refine_sample` of ``case``'s low-dose data (``em_iterations`` MLEM
+    from ``sample``), then the Gaussian post-filter (FWHM in mm; 0: none)."""
+    return filtered(refine_sample(case.model_low, case.y_low, sample, em_iterations), case.grid, post_filter_mm)
 
 
 def _image_prior(prior, method: str) -> Callable[[Case, ClassicalSettings], torch.Tensor]:
