@@ -384,7 +384,7 @@ def test_restored_data_with_bsrem_has_the_raw_data_beta_scale(red_3d, tmp_path):
     beta, n_iter = 0.5, 3
     y_hat = restore_planes(red_3d, y_low, DRF).clamp_min(0)
     low_scale = bsrem(model_low, y_hat / DRF, prior, beta, n_iter, 4).numpy()
-    full = reconstruct_restored(red_3d, scan.model, y_low, DRF, iterations=n_iter, subsets=4, prior=prior,
+    full = reconstruct_restored(red_3d, scan.model, y_low, DRF, iterations=n_iter, subsets=4, map_prior=prior,
                                 beta=beta).numpy()
     assert np.allclose(full, low_scale, rtol=1e-3, atol=1e-4 * low_scale.max())
     plain = reconstruct_restored(red_3d, scan.model, y_low, DRF, iterations=n_iter, subsets=4).numpy()
@@ -404,10 +404,10 @@ def test_restored_data_with_bsrem_has_the_raw_data_beta_scale(red_3d, tmp_path):
     # clear errors before any work
     with pytest.raises(ValueError, match="beta 0.5 needs a prior"):
         reconstruct_restored(red_3d, scan.model, y_low, DRF, beta=0.5)
-    with pytest.raises(TypeError, match="prior must be a pettk.recon prior"):
-        reconstruct_restored(red_3d, scan.model, y_low, DRF, prior="rdp", beta=0.5)
+    with pytest.raises(TypeError, match="map_prior must be a pettk.recon prior"):
+        reconstruct_restored(red_3d, scan.model, y_low, DRF, map_prior="rdp", beta=0.5)
     with pytest.raises(ValueError, match="beta must be"):
-        reconstruct_restored(red_3d, scan.model, y_low, DRF, prior=prior, beta=-1.0)
+        reconstruct_restored(red_3d, scan.model, y_low, DRF, map_prior=prior, beta=-1.0)
     with pytest.raises(ValueError, match="map_prior and beta are for the sinogram restorers"):
         reconstruct_learned("legopet", red_3d, model_low, y_low, map_prior=prior, beta=1.0)
     with pytest.raises(SystemExit, match="red and dream take --algorithm bsrem"):

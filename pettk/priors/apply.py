@@ -90,7 +90,7 @@ def reconstruct_learned(method: str, prior, forward_model: ForwardModel, y, *, d
         full = forward_model.with_background(additive, scale=drf)
         return reconstruct_restored(prior, full, y, drf, iterations=as_positive_int("iterations", iterations),
                                     subsets=as_positive_int("subsets", subsets), post_filter_mm=post_filter_mm,
-                                    prior=map_prior, beta=beta, batch_size=batch_size, progress=progress)
+                                    map_prior=map_prior, beta=beta, batch_size=batch_size, progress=progress)
     if map_prior is not None or as_nonnegative_float("beta", beta) > 0:
         raise ValueError(f"map_prior and beta are for the sinogram restorers (red, dream), not {method!r}: "
                          "an image prior brings its own regularisation")

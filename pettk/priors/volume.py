@@ -139,7 +139,7 @@ def restore_planes(restorer: SinogramRestorer, y_low, drf: float, *, batch_size:
 
 
 def reconstruct_restored(restorer: SinogramRestorer, forward_model: ForwardModel, y_low, drf: float, *,
-                         iterations: int = 2, subsets: int = 8, post_filter_mm: float = 0.0, prior=None,
+                         iterations: int = 2, subsets: int = 8, post_filter_mm: float = 0.0, map_prior=None,
                          beta: float = 0.0, batch_size: int | None = None, progress: bool = False):
     """Restore every plane of a low-dose sinogram (2D or 3D), then reconstruct it with OSEM or BSREM.
 
@@ -152,11 +152,11 @@ def reconstruct_restored(restorer: SinogramRestorer, forward_model: ForwardModel
     y_low : array or tensor ``forward_model.shape_out``
     drf : float
     iterations, subsets : int
-        OSEM (or with ``prior``, BSREM epochs) of the restored data (tune them on validation
+        OSEM (or with ``map_prior``, BSREM epochs) of the restored data (tune them on validation
         volumes: a restored sinogram is far less noisy than the raw one).
     post_filter_mm : float
         Gaussian FWHM after the reconstruction (0: none).
-    prior, beta : optional
+    map_prior, beta : optional
         A :mod:`pettk.recon` prior (e.g. ``pettk.recon.rdp(grid)``) and its strength: BSREM
         (:func:`pettk.recon.bsrem`, from a uniform image) maximises the Poisson likelihood of the
         restored counts minus ``beta * drf * R(x)`` with the full-dose model. That is the optimum of
@@ -177,16 +177,17 @@ def reconstruct_restored(restorer: SinogramRestorer, forward_model: ForwardModel
                          f"got {tuple(y.shape)}")
     fwhm = as_nonnegative_float("post_filter_mm", post_filter_mm)
     beta = as_nonnegative_float("beta", beta)
-    if prior is not None and not isinstance(prior, Prior):
-        raise TypeError(f"prior must be a pettk.recon prior (quadratic, rdp, tv) or None, got {type(prior).__name__}")
-    if prior is None and beta > 0:
+    if map_prior is not None and not isinstance(map_prior, Prior):
+        raise TypeError(f"map_prior must be a pettk.recon prior (quadratic, rdp, tv) or None, got "
+                        f"{type(map_prior).__name__}")
+    if map_prior is None and beta > 0:
         raise ValueError(f"beta {beta:g} needs a prior (e.g. pettk.recon.rdp(grid)); without one the "
                          "restored data are reconstructed with OSEM")
     y_hat = restore_planes(restorer, y, drf, batch_size=batch_size, progress=progress).clamp_min(0)
-    if prior is None:
+    if map_prior is None:
         x = osem(forward_model, y_hat, iterations, subsets)
     else:
-        x = bsrem(forward_model, y_hat, prior, beta * float(drf), iterations, subsets)
+        x = bsrem(forward_model, y_hat, map_prior, beta * float(drf), iterations, subsets)
     if fwhm > 0:
         x = post_filter(x, forward_model.projector.grid, fwhm)
     return x.cpu().numpy() if is_numpy else x
