@@ -207,6 +207,53 @@ def test_evaluate_data_tunes_on_the_validation_split_only(tiny_data, tmp_path, c
     assert (out2 / "slices.csv").read_text() != (out / "slices.csv").read_text()
 
 
+def test_settings_of_an_earlier_run_are_reused_without_tuning(tiny_data, tmp_path):
+    """``--settings RUN/tuning.json``: the same settings on the same test split give the same
+    numbers, with no tuning; files combine by the methods they tuned; older files (a restorer's
+    BSREM-RDP said by ``*_bsrem_beta`` > 0) read as today's fields; bad input before any work."""
+    import csv
+
+    from pettk.evaluation import settings_from_runs
+
+    first, second = tmp_path / "tuned", tmp_path / "reused"
+    assert _evaluate(tiny_data, first, "--tune", *TINY_TUNING) == 0
+    assert _evaluate(tiny_data, second, "--settings", str(first / "tuning.json")) == 0
+    assert not (second / "tuning.json").exists()
+
+    def scores(folder):
+        with open(folder / "slices.csv") as f:
+            return [(r["method"], r["subject"], r["slice"], r["psnr"], r["ssim"]) for r in csv.DictReader(f)]
+    assert scores(second) == scores(first)
+    md = (second / "metrics.md").read_text()
+    assert f"Settings, from osem, bsrem-rdp from {first / 'tuning.json'}: DRF 20: OSEM" in md
+
+    record = json.loads((first / "tuning.json").read_text())
+    chosen = record["drfs"]["20"]["settings"]
+    osem_only = tmp_path / "osem_only.json"
+    osem_only.write_text(json.dumps({**record, "methods": ["osem"], "drfs": {"20": {"settings": {
+        **chosen, "osem_iterations": 7, "bsrem_beta": 99.0}}}}))
+    per_drf, source = settings_from_runs([first, osem_only], [20])
+    assert per_drf[20.0].osem_iterations == 7                      # the later file's osem ...
+    assert per_drf[20.0].bsrem_beta == chosen["bsrem_beta"]        # ... not its untuned bsrem-rdp
+    assert source == f"osem from {osem_only}; bsrem-rdp from {first / 'tuning.json'}"
+    old = tmp_path / "old.json"
+    legacy = {k: v for k, v in chosen.items() if not k.endswith("_reconstruction")}
+    for beta, expected in ((0.0, ("osem", 1.0)), (3.0, ("bsrem-rdp", 3.0))):
+        old.write_text(json.dumps({"methods": ["red"], "drfs": {"20": {"settings": {**legacy, "red_bsrem_beta": beta}}}}))
+        s = settings_from_runs([old], [20], ("red",))[0][20.0]
+        assert (s.red_reconstruction, s.red_bsrem_beta) == expected
+
+    out = tmp_path / "out"
+    for extra, message in (((str(osem_only),), "no settings file tuned bsrem-rdp"),
+                           ((str(first), "--tune-beta", "1"), "give no --tune or --tune-\\* option"),
+                           ((str(tmp_path / "none.json"),), "settings file .*none.json does not exist"),
+                           ((str(tiny_data / "manifest.json"),), "not a pettk evaluate tuning.json"),
+                           ((str(first), "--drf", "100"), "holds no settings tuned at DRF 100")):
+        with pytest.raises(SystemExit, match=f"pettk evaluate: .*{message}"):
+            _evaluate(tiny_data, out, "--settings", *extra)
+    assert not out.exists()
+
+
 def test_evaluate_data_errors_come_before_any_work(tiny_data, tmp_path):
     out = tmp_path / "out"
     with pytest.raises(SystemExit, match=r"^pettk evaluate: DRF 7 not in the data set at .*; it has DRF 20$"):

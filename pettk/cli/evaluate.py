@@ -80,6 +80,8 @@ def _evaluate(args: argparse.Namespace) -> int:
         grid["restorer_map"] = False
     options = dict(tune=args.tune, tune_slices=args.tune_slices, tune_grid=grid or None,
                    bsrem_max_epochs=args.bsrem_max_epochs)
+    if args.settings:
+        options = _reused_settings(args, grid, options)
     if args.three_d:
         return _evaluate_3d(args, checkpoints, model_settings, grid)
     run = dict(checkpoints=checkpoints, model_settings=model_settings, device=args.device,
@@ -96,6 +98,28 @@ def _evaluate(args: argparse.Namespace) -> int:
                     drfs=tuple(args.drf or [20.0]), tracer=args.tracer or "fdg", seed=HELD_OUT_SEED + (args.seed or 0),
                     anatomy=args.anatomy or "v1")
     return _run_evaluation(args.output, tuple(args.methods), data, **run, **options)
+
+
+def _reused_settings(args: argparse.Namespace, grid: dict, options: dict) -> dict:
+    """``--settings``: the evaluation options with an earlier run's tuned settings and no tuning;
+    a tuning option beside it, or a file that does not fit, is one ``pettk evaluate`` line."""
+    from ..evaluation import settings_from_runs
+
+    if args.three_d:
+        raise SystemExit("pettk evaluate: --settings reuses a 2D run's tuning; --3d tunes on its validation volumes")
+    if args.tune or grid or args.tune_slices != 8:
+        raise SystemExit("pettk evaluate: --settings reuses settings already tuned; give no --tune or --tune-* option")
+    if not args.data:
+        raise SystemExit("pettk evaluate: --settings evaluates a data set (--data DIR) with settings tuned on it or "
+                         "its like; simulated held-out subjects are tuned on their own validation subjects")
+    from ..evaluation.data import manifest_drfs, read_manifest
+
+    try:
+        drfs = args.drf or manifest_drfs(read_manifest(args.data))
+        per_drf, source = settings_from_runs(args.settings, drfs, tuple(args.methods))
+    except (OSError, TypeError, ValueError, KeyError) as err:
+        raise SystemExit(f"pettk evaluate: --settings: {err}") from None
+    return {**options, "tune": False, "settings": per_drf, "settings_source": source}
 
 
 def _evaluate_3d(args: argparse.Namespace, checkpoints: dict, model_settings: dict, grid: dict) -> int:

@@ -67,6 +67,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="RDP gammas to try (default 0.5 2 5 20)")
     ev.add_argument("--tune-extend", type=int, metavar="K",
                     help="extend the beta/gamma grids past a winning end up to K times (default 3; 0: as given)")
+    ev.add_argument("--settings", nargs="+", metavar="TUNING_JSON",
+                    help="no tuning: the settings an earlier run chose (its tuning.json, or its folder), per DRF; "
+                         "several files combine, each giving the methods it tuned (later over earlier)")
     ev.add_argument("--no-tune-restorer-map", dest="tune_restorer_map", action="store_false",
                     help="tune RED's / DREAM's OSEM + filter of the restored sinogram only (default: its BSREM-RDP "
                          "competes on the beta/gamma grids)")

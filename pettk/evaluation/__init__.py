@@ -96,11 +96,13 @@ from .report import (
     write_rows_csv,
     write_summary,
 )
+from .reuse import settings_from_runs
 from .tuning import TUNABLE, TUNE_GRID, _image, tune_on_cases
 
 __all__ = ["evaluate", "tune_classical", "tune_on_cases", "load_method_model", "EvalData", "ClassicalSettings", "Case",
            "METHODS", "CLASSICAL", "LEARNED", "TUNABLE", "TUNE_GRID", "DEFAULT_MODELS", "HELD_OUT_SEED",
-           "VALIDATION_SEED", "LABELS", "model_image_size", "check_models_fit_data", "apply_model_settings"]
+           "VALIDATION_SEED", "LABELS", "model_image_size", "check_models_fit_data", "apply_model_settings",
+           "settings_from_runs"]
 
 log = logging.getLogger(__name__)
 
@@ -236,7 +238,8 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
              data_dir=None, drfs=None,
              subjects: int | None = None, slices: int | None = None, tune: bool | None = None, tune_slices: int = 8,
              tune_grid: dict | None = None, bsrem_max_epochs: int | None = None, cache_dir=None,
-             write_nifti: bool = True, progress: bool = True, title: str | None = None) -> list[dict]:
+             write_nifti: bool = True, progress: bool = True, title: str | None = None,
+             settings_source: str | None = None) -> list[dict]:
     """Run ``methods`` on held-out data and write tables, figures and images to ``out_dir``.
 
     Every argument is checked before any work (simulation, tuning, reconstruction).
@@ -261,6 +264,9 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     settings : ClassicalSettings or {drf: ClassicalSettings}, optional
         Classical settings (default: :data:`~pettk.evaluation.methods.TUNED` for the DRF, else
         :class:`ClassicalSettings`); with tuning, the base whose tuned fields are replaced.
+    settings_source : str, optional
+        Where ``settings`` came from, for the report (e.g. :func:`.reuse.settings_from_runs`'s
+        description: earlier runs' ``tuning.json``).
     device : str or torch.device
     data_dir : path, optional
         A data set built by ``pettk simulate`` (:func:`pettk.sim.datasets.build_dataset`): its test
@@ -472,7 +478,7 @@ def evaluate(out_dir, methods=METHODS, data: EvalData | None = None, *, checkpoi
     elif tune:
         how = "nothing to tune among the methods evaluated"
     else:
-        how = ("given" if settings is not None else
+        how = (f"from {settings_source}" if settings_source else "given" if settings is not None else
                "the fixed constants pettk.evaluation.TUNED (tuned on v1 64 × 64 simulated validation subjects, "
                "not on this data" + ("; the ClassicalSettings defaults at DRFs it lacks" if set(drfs) - set(TUNED)
                                      else "") + ")")
