@@ -239,7 +239,8 @@ def test_settings_of_an_earlier_run_are_reused_without_tuning(tiny_data, tmp_pat
     old = tmp_path / "old.json"
     legacy = {k: v for k, v in chosen.items() if not k.endswith("_reconstruction")}
     for beta, expected in ((0.0, ("osem", 1.0)), (3.0, ("bsrem-rdp", 3.0))):
-        old.write_text(json.dumps({"methods": ["red"], "drfs": {"20": {"settings": {**legacy, "red_bsrem_beta": beta}}}}))
+        settings = {**legacy, "red_bsrem_beta": beta}
+        old.write_text(json.dumps({"methods": ["red"], "drfs": {"20": {"settings": settings}}}))
         s = settings_from_runs([old], [20], ("red",))[0][20.0]
         assert (s.red_reconstruction, s.red_bsrem_beta) == expected
 
