@@ -9,11 +9,14 @@ method    2D (one transaxial sinogram)           3D ring sinogram (direct and ob
 ========  =====================================  ===================================================
 red       restore, then OSEM or BSREM            every plane restored (:func:`.volume.restore_planes`),
 dream     (full-dose model)                      then 3D OSEM or BSREM (:func:`.volume.reconstruct_restored`)
-legopet   conditional sampling (+ optional MLEM      SSRB, per-slice sampling, 3D refinement
-          from the sample, :func:`refine_sample`) (:func:`.volume.rebinned_volume`) (+ the same MLEM)
+legopet   conditional sampling                   SSRB, per-slice sampling, 3D refinement
+                                                 (:func:`.volume.rebinned_volume`)
 ddip      ``prior.reconstruct`` (2D)             ``prior.reconstruct`` with the 3D model (network on
 pet-dds                                          the axial slices inside the 3D iteration)
 ========  =====================================  ===================================================
+
+LegoPET's sample can be continued by MLEM of the data (:func:`refine_sample`, ``refine_iterations``)
+in 2D and 3D alike; every method's result can be post-filtered (``post_filter_mm``).
 """
 
 from __future__ import annotations
