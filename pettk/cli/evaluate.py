@@ -78,7 +78,7 @@ def _evaluate(args: argparse.Namespace) -> int:
         grid["extend"] = args.tune_extend
     if not args.tune_restorer_map:
         grid["restorer_map"] = False
-    options = dict(tune=args.tune, tune_slices=args.tune_slices, tune_grid=grid or None,
+    options = dict(tune=args.tune, tune_slices=args.tune_slices or 8, tune_grid=grid or None,
                    bsrem_max_epochs=args.bsrem_max_epochs)
     if args.settings:
         options = _reused_settings(args, grid, options)
@@ -107,7 +107,7 @@ def _reused_settings(args: argparse.Namespace, grid: dict, options: dict) -> dic
 
     if args.three_d:
         raise SystemExit("pettk evaluate: --settings reuses a 2D run's tuning; --3d tunes on its validation volumes")
-    if args.tune or grid or args.tune_slices != 8:
+    if args.tune or grid or args.tune_slices is not None:
         raise SystemExit("pettk evaluate: --settings reuses settings already tuned; give no --tune or --tune-* option")
     if not args.data:
         raise SystemExit("pettk evaluate: --settings evaluates a data set (--data DIR) with settings tuned on it or "

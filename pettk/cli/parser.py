@@ -55,7 +55,7 @@ def build_parser() -> argparse.ArgumentParser:
                          "after RED/DREAM's restoration and LegoPET's sample, by mean PSNR on the validation split "
                          "of the evaluated data (default: on when there is one; --no-tune: the fixed TUNED "
                          "constants, LegoPET as sampled)")
-    ev.add_argument("--tune-slices", type=_positive_int, default=8,
+    ev.add_argument("--tune-slices", type=_positive_int,
                     help="validation slices that tune, evenly spread (default 8)")
     ev.add_argument("--tune-osem-iterations", type=_positive_int, nargs="+", metavar="N",
                     help="OSEM iterations to try (default 2 4 8)")
