@@ -17,7 +17,7 @@ from pathlib import Path
 
 from ..io.errors import FileFormatError
 from .methods import TUNED, ClassicalSettings
-from .tuning import TUNABLE
+from .tuning import RESTORERS, TUNABLE
 
 __all__ = ["METHOD_FIELDS", "settings_from_runs"]
 
@@ -53,7 +53,8 @@ def _restorer_fields(chosen: dict, method: str) -> dict:
     beta = float(chosen.get(f"{method}_bsrem_beta", 0.0))
     if beta > 0:
         return {f"{method}_reconstruction": "bsrem-rdp"}
-    return {f"{method}_reconstruction": "osem", f"{method}_bsrem_beta": ClassicalSettings.red_bsrem_beta}
+    default_beta = getattr(ClassicalSettings, f"{method}_bsrem_beta")
+    return {f"{method}_reconstruction": "osem", f"{method}_bsrem_beta": default_beta}
 
 
 def settings_from_runs(paths, drfs, methods=None) -> tuple[dict[float, ClassicalSettings], str]:
@@ -96,7 +97,7 @@ def settings_from_runs(paths, drfs, methods=None) -> tuple[dict[float, Classical
             changes = {}
             for m in tuned:
                 changes.update({f: chosen[f] for f in METHOD_FIELDS[m] if f in chosen})
-                if m in ("red", "dream"):
+                if m in RESTORERS:
                     changes.update(_restorer_fields(chosen, m))
             try:
                 per_drf[d] = dataclasses.replace(per_drf[d], **changes).validate()
