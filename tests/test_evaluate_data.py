@@ -372,12 +372,13 @@ def test_restorers_get_the_same_tuning_freedom(tiny_data):
 class _OSEMSample(ImagePrior):
     """A stand-in sampler (one OSEM iteration: a noisy image that EM and a filter improve); counts its calls."""
 
-    def __init__(self):
+    def __init__(self, iterations: int = 1):
         self.calls = 0
+        self.iterations = iterations
 
     def reconstruct(self, forward_model, y, *, mr=None, init=None, progress=False):
         self.calls += 1
-        return osem(forward_model, y, 1, 8)
+        return osem(forward_model, y, self.iterations, 8)
 
 
 def test_legopet_gets_the_post_processing_freedom_of_osem(tiny_data):
@@ -419,6 +420,52 @@ def test_legopet_gets_the_post_processing_freedom_of_osem(tiny_data):
         ClassicalSettings(legopet_post_filter_mm=-2.0).validate()
     with pytest.raises(ValueError, match="tuning legopet needs the model"):
         tune_on_cases(cases, methods=("legopet",))
+
+
+@pytest.mark.parametrize("method", ["ddip", "pet-dds"])
+def test_image_priors_get_the_post_filter_freedom_of_osem(tiny_data, method):
+    """DDIP's and PET-DDS's image + a post-filter tuned on validation slices (grid widened past a
+    winning widest value); each slice is reconstructed once, the runner reproduces the tuned score,
+    and the choice is read back by ``settings_from_runs``'s fields."""
+    import torch
+
+    from pettk.evaluation import _cases
+    from pettk.evaluation.data import open_split
+    from pettk.evaluation.methods import ClassicalSettings, filter_field, make_runner
+    from pettk.evaluation.reuse import METHOD_FIELDS
+    from pettk.evaluation.tuning import tune_on_cases
+    from pettk.metrics import psnr
+    from pettk.recon import post_filter
+
+    cases = [(d, c) for d, _, c in _cases(open_split(tiny_data, "validation", (20.0,)), torch.device("cpu"))]
+    prior = _OSEMSample(iterations=4)         # 4 x 8 OSEM of 8.3 mm pixels: noisy, best filtered ~12 mm
+    chosen, record = tune_on_cases(cases, methods=(method,), post_filter_mm=(0.0, 4.0, 8.0), extend=3,
+                                   models={method: {20.0: prior}})
+    assert prior.calls == len(cases)
+    rec = record[20.0][method]
+    scores = {r["post_filter_mm"]: r["psnr"] for r in rec["scores"]}
+    field = filter_field(method)
+    assert field == {"ddip": "ddip_post_filter_mm", "pet-dds": "pet_dds_post_filter_mm"}[method]
+    assert METHOD_FIELDS[method] == (field,)
+    best = rec["best"]["post_filter_mm"]
+    assert getattr(chosen[20.0], field) == best == max(scores, key=scores.get)
+    # the noisy image gains from a filter wider than the grid: widened by its step (12, 16 mm) until
+    # the best lies inside it
+    assert best > 8.0 and scores[best] > scores[0.0] + 0.5
+    assert sorted(scores) == [0.0, 4.0, 8.0, 12.0, 16.0] and best == 12.0
+    # the runner: the prior's image, filtered by hand with the chosen FWHM, scores the tuned mean
+    run = make_runner(method, prior, chosen[20.0])
+    for _, c in cases[:2]:
+        torch.testing.assert_close(run(c), post_filter(osem(c.model_low, c.y_low, 4, 8), c.grid, best))
+    mean = float(np.mean([psnr(run(c).numpy(), c.truth.numpy()) for _, c in cases]))
+    assert mean == pytest.approx(scores[best], abs=1e-4)
+    # untuned: the image as it is
+    torch.testing.assert_close(make_runner(method, prior, ClassicalSettings())(cases[0][1]),
+                               osem(cases[0][1].model_low, cases[0][1].y_low, 4, 8))
+    with pytest.raises(ValueError, match=f"{field} must be >= 0"):
+        ClassicalSettings(**{field: -1.0}).validate()
+    with pytest.raises(ValueError, match=f"tuning {method} needs the model"):
+        tune_on_cases(cases, methods=(method,))
 
 
 def test_a_restorers_penalised_reconstruction_competes_with_its_osem(tiny_data):

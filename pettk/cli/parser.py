@@ -52,9 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
                          "v2-shifted are out of family for them, v2-shifted also for models trained on v2)")
     ev.add_argument("--tune", action=argparse.BooleanOptionalAction, default=None,
                     help="tune OSEM (iterations x post-filter) and BSREM-RDP (beta x gamma), and the same freedom "
-                         "after RED/DREAM's restoration and LegoPET's sample, by mean PSNR on the validation split "
-                         "of the evaluated data (default: on when there is one; --no-tune: the fixed TUNED "
-                         "constants, LegoPET as sampled)")
+                         "after RED/DREAM's restoration and LegoPET's sample and a post-filter of DDIP's and PET-DDS's "
+                         "image, by mean PSNR on the validation split of the evaluated data (default: on when there "
+                         "is one; --no-tune: the fixed TUNED constants, the priors' images as they are)")
     ev.add_argument("--tune-slices", type=_positive_int,
                     help="validation slices that tune, evenly spread (default 8)")
     ev.add_argument("--tune-osem-iterations", type=_positive_int, nargs="+", metavar="N",

@@ -85,7 +85,17 @@ from .data import (
     validation_data,
 )
 from .fit import check_models_fit_data, model_image_size
-from .methods import CLASSICAL, DEFAULT_MODELS, LEARNED, METHODS, TUNED, Case, ClassicalSettings, make_runner
+from .methods import (
+    CLASSICAL,
+    DEFAULT_MODELS,
+    LEARNED,
+    METHODS,
+    TUNED,
+    Case,
+    ClassicalSettings,
+    filter_field,
+    make_runner,
+)
 from .report import (
     comparison_lines,
     lesion_measurement,
@@ -190,7 +200,7 @@ def _n(count: int, word: str) -> str:
 
 
 def _settings_text(per_drf: dict, methods, how: str) -> str:
-    shown = [m for m in ("osem", "bsrem-rdp", "mlem", "red", "dream", "legopet") if m in methods]
+    shown = [m for m in ("osem", "bsrem-rdp", "mlem", "red", "dream", "legopet", "ddip", "pet-dds") if m in methods]
     if not shown:
         return ""
     parts = []
@@ -214,6 +224,9 @@ def _settings_text(per_drf: dict, methods, how: str) -> str:
         if "legopet" in shown:
             items.append(f"LegoPET: its sample + {_n(s.legopet_em_iterations, 'MLEM iteration')}, "
                          f"{s.legopet_post_filter_mm:g} mm post-filter")
+        for m in ("ddip", "pet-dds"):
+            if m in shown:
+                items.append(f"{LABELS[m]}: {getattr(s, filter_field(m)):g} mm post-filter")
         parts.append(f"DRF {drf:g}: " + "; ".join(items))
     return f"Settings, {how}: " + ". ".join(parts) + ".\n\n"
 

@@ -23,7 +23,8 @@ Learned methods, each with a model (a shipped default from :mod:`pettk.models` o
   ``dream_*``);
 - ``ddip``, ``pet-dds``, ``legopet``: image priors (``reconstruct(model_low, y_low, mr=...)``);
   LegoPET's sample optionally followed by MLEM and a post-filter (:func:`refined_sample`,
-  ``ClassicalSettings.legopet_*``).
+  ``ClassicalSettings.legopet_*``), DDIP's and PET-DDS's image by a post-filter
+  (``ClassicalSettings.ddip_post_filter_mm``, ``pet_dds_post_filter_mm``).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ from ..priors.volume import reconstruct_restored, restore_planes
 from ..recon import bsrem_iterates, map_objective, mlem, osem, post_filter, rdp
 
 __all__ = ["Case", "ClassicalSettings", "TUNED", "METHODS", "CLASSICAL", "LEARNED", "DEFAULT_MODELS", "make_runner",
-           "converged_bsrem", "restored_map", "refined_sample", "RESTORED_RECONSTRUCTIONS"]
+           "converged_bsrem", "restored_map", "refined_sample", "filter_field", "RESTORED_RECONSTRUCTIONS"]
 
 CLASSICAL = ("osem", "bsrem-rdp", "mlem")
 LEARNED = ("red", "dream", "ddip", "legopet", "pet-dds")
@@ -119,6 +120,12 @@ class ClassicalSettings:
     started from LegoPET's sample and a Gaussian post-filter after them (:func:`refined_sample`;
     0 and 0, the default: the sample as it is), the post-processing freedom of OSEM + filter,
     chosen on validation data like the restorers' EM.
+
+    ``ddip_post_filter_mm`` and ``pet_dds_post_filter_mm``: a Gaussian post-filter (FWHM, mm) of
+    DDIP's and PET-DDS's reconstruction (0, the default: the image as it is), the post-filter
+    freedom of OSEM + filter, chosen on validation data. A diffusion reconstruction at few counts
+    carries sampling texture that a filter removes: on 16 out-of-family validation slices at DRF
+    100, PET-DDS (``pet-dds-mr``) rose from 25.17 dB as it is to 26.53 dB with 10 mm.
     """
 
     osem_iterations: int = 2
@@ -136,6 +143,8 @@ class ClassicalSettings:
     dream_post_filter_mm: float = 0.0
     legopet_em_iterations: int = 0
     legopet_post_filter_mm: float = 0.0
+    ddip_post_filter_mm: float = 0.0
+    pet_dds_post_filter_mm: float = 0.0
     red_reconstruction: str = "osem"
     red_bsrem_beta: float = 1.0
     red_rdp_gamma: float = 2.0
@@ -152,7 +161,8 @@ class ClassicalSettings:
         value = self.legopet_em_iterations
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise ValueError(f"legopet_em_iterations must be an integer >= 0, got {value!r}")
-        for name in ("post_filter_mm", "red_post_filter_mm", "dream_post_filter_mm", "legopet_post_filter_mm"):
+        for name in ("post_filter_mm", "red_post_filter_mm", "dream_post_filter_mm", "legopet_post_filter_mm",
+                     "ddip_post_filter_mm", "pet_dds_post_filter_mm"):
             if not float(getattr(self, name)) >= 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)!r}")
         for name in ("red_reconstruction", "dream_reconstruction"):
@@ -177,6 +187,12 @@ class ClassicalSettings:
 TUNED = {4.0: ClassicalSettings(osem_iterations=4, post_filter_mm=4.0, bsrem_beta=1.0, rdp_gamma=2.0),
          20.0: ClassicalSettings(osem_iterations=2, post_filter_mm=4.0, bsrem_beta=1.0, rdp_gamma=5.0),
          100.0: ClassicalSettings(osem_iterations=1, post_filter_mm=8.0, bsrem_beta=0.3, rdp_gamma=0.5)}
+
+
+def filter_field(method: str) -> str:
+    """The :class:`ClassicalSettings` field of an image prior's post-filter (``"pet-dds"`` →
+    ``"pet_dds_post_filter_mm"``)."""
+    return f"{method.replace('-', '_')}_post_filter_mm"
 
 
 def filtered(x: torch.Tensor, grid: ImageGrid, fwhm_mm: float) -> torch.Tensor:
@@ -275,6 +291,8 @@ def _image_prior(prior, method: str) -> Callable[[Case, ClassicalSettings], torc
                                                 mr=case.mr if use_mr else None))
         if method == "legopet":
             x = refined_sample(case, x, s.legopet_em_iterations, s.legopet_post_filter_mm)
+        else:
+            x = filtered(x, case.grid, getattr(s, filter_field(method)))
         return x
     return run
 

@@ -29,6 +29,8 @@ METHOD_FIELDS = {
     "dream": ("dream_osem_iterations", "dream_post_filter_mm", "dream_reconstruction", "dream_bsrem_beta",
               "dream_rdp_gamma"),
     "legopet": ("legopet_em_iterations", "legopet_post_filter_mm"),
+    "ddip": ("ddip_post_filter_mm",),
+    "pet-dds": ("pet_dds_post_filter_mm",),
 }
 
 

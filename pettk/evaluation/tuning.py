@@ -19,14 +19,15 @@ from tqdm.auto import tqdm
 from ..metrics import psnr
 from ..priors.volume import restore_planes
 from ..recon import mlem, osem
-from .methods import Case, ClassicalSettings, filtered, make_runner, refined_sample, restored_map
+from .methods import Case, ClassicalSettings, filter_field, filtered, make_runner, refined_sample, restored_map
 
-__all__ = ["TUNABLE", "RESTORERS", "NEED_MODEL", "LEGOPET_EM_ITERATIONS", "TUNE_GRID", "tune_on_cases"]
+__all__ = ["TUNABLE", "RESTORERS", "FILTERED_PRIORS", "NEED_MODEL", "LEGOPET_EM_ITERATIONS", "TUNE_GRID",
+           "tune_on_cases"]
 
 log = logging.getLogger(__name__)
 
 #: The methods whose settings ``tune`` chooses on validation data.
-TUNABLE = ("osem", "bsrem-rdp", "red", "dream", "legopet")
+TUNABLE = ("osem", "bsrem-rdp", "red", "dream", "legopet", "ddip", "pet-dds")
 #: The sinogram restorers among them: their EM iterations × post-filter after the restoration are
 #: tuned like OSEM's on the raw data, and (``restorer_map``) BSREM-RDP's beta × gamma of the
 #: restored data like the raw data's: the same freedom as the classical baselines.
@@ -34,7 +35,10 @@ RESTORERS = ("red", "dream")
 #: The learned methods tuned with their model (``tune_on_cases(models=...)``): the restorers, and
 #: LegoPET, whose sample gets MLEM iterations × post-filter (:data:`LEGOPET_EM_ITERATIONS` × the
 #: OSEM filter grid), the freedom of OSEM + filter.
-NEED_MODEL = RESTORERS + ("legopet",)
+#: The image priors whose reconstruction gets a post-filter (the filter grid of OSEM, extended past a
+#: winning end; ``ClassicalSettings.ddip_post_filter_mm``, ``pet_dds_post_filter_mm``).
+FILTERED_PRIORS = ("ddip", "pet-dds")
+NEED_MODEL = RESTORERS + ("legopet",) + FILTERED_PRIORS
 #: MLEM iterations after a LegoPET sample that tuning tries first (0: the sample itself).
 LEGOPET_EM_ITERATIONS = (0, 1, 2, 4, 8)
 #: The default tuning grids (those of :func:`tune_classical`); ``extend``: how many times a grid
@@ -100,6 +104,26 @@ def _model_for(models: dict, method: str, drf: float):
     return model[drf] if isinstance(model, dict) else model
 
 
+def _grow_filters(filters_mm: list, best: float) -> bool:
+    """Widen the filter grid by its last step when ``best`` is its widest (non-zero) value."""
+    if best == filters_mm[-1] and best > 0:
+        filters_mm.append(best + (best - filters_mm[-2] if len(filters_mm) > 1 else best))
+        return True
+    return False
+
+
+def _tune_filter(score, filters_mm, extend: int) -> dict:
+    """Mean PSNR per post-filter FWHM on a grid widened past a winning widest value (up to ``extend``
+    times)."""
+    filters_mm = sorted(float(f) for f in filters_mm)
+    scores = {f: score(f) for f in filters_mm}
+    for _ in range(extend):
+        if not _grow_filters(filters_mm, max(scores, key=scores.get)):
+            break
+        scores[filters_mm[-1]] = score(filters_mm[-1])
+    return scores
+
+
 def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
     """Mean PSNR of OSEM per ``(iterations, post-filter FWHM)``, on a grid extended past a winning
     end, up to ``extend`` times: iterations halved (down to 1) or doubled, the filter widened by
@@ -115,9 +139,7 @@ def _tune_osem(score, iterations, filters_mm, extend: int) -> dict:
         elif n == iterations[-1]:
             iterations.append(2 * n)
             grown = True
-        if f == filters_mm[-1] and f > 0:
-            filters_mm.append(f + (f - filters_mm[-2] if len(filters_mm) > 1 else f))
-            grown = True
+        grown = _grow_filters(filters_mm, f) or grown
         if not grown:
             break
         scores.update({(n, f): score(n, f) for n in iterations for f in filters_mm if (n, f) not in scores})
@@ -147,7 +169,10 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
     validation sinogram is restored once. LegoPET (when in ``methods``, its model in ``models``):
     MLEM iterations (:data:`LEGOPET_EM_ITERATIONS`, extended like OSEM's) from its sample ×
     the post-filter grid (``legopet_*`` settings, :func:`~pettk.evaluation.methods.refined_sample`);
-    each validation slice is sampled once.
+    each validation slice is sampled once. DDIP and PET-DDS (when in ``methods``, their models in
+    ``models``): a post-filter of their reconstruction over the filter grid, widened past a
+    winning widest value like OSEM's (``ddip_post_filter_mm``, ``pet_dds_post_filter_mm``); each
+    validation slice is reconstructed once.
 
     Returns the chosen settings per DRF and, per DRF, a record of every grid point's mean PSNR:
     ``{"osem": {"best": {...}, "scores": [...]}, "bsrem-rdp": {...}}``.
@@ -255,6 +280,23 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
             rec["legopet"] = {"best": {"em_iterations": n, "post_filter_mm": f, "psnr": scores[(n, f)]},
                               "scores": [{"em_iterations": k[0], "post_filter_mm": k[1], "psnr": v}
                                          for k, v in scores.items()]}
+        for method in (m for m in FILTERED_PRIORS if m in methods):
+            run = make_runner(method, _model_for(models, method, drf),
+                              dataclasses.replace(b, **{filter_field(method): 0.0}))
+            images = [torch.as_tensor(run(c)) for c in mine]
+
+            def filter_score(f, mine=mine, images=images):
+                values = []
+                for c, x in zip(mine, images):
+                    values.append(psnr(_image(filtered(x, c.grid, f)), c.truth.numpy()))
+                    bar.update(1)
+                return float(np.mean(values))
+
+            scores = _tune_filter(filter_score, post_filter_mm, extend)
+            f = max(scores, key=scores.get)
+            out = dataclasses.replace(out, **{filter_field(method): f})
+            rec[method] = {"best": {"post_filter_mm": f, "psnr": scores[f]},
+                           "scores": [{"post_filter_mm": k, "psnr": v} for k, v in sorted(scores.items())]}
         chosen[drf] = out.validate()
         record[drf] = rec
         log.info("DRF %g: %s", drf, chosen[drf])
