@@ -21,9 +21,10 @@ How
     under 2 pixels in a slice, or with a true contrast within 10 % of 1, are listed but not scored.
 
 Honest classical baselines (``tune``)
-    The classical settings (OSEM iterations × post-filter, BSREM-RDP β × γ), and the EM
-    iterations × post-filter after RED's and DREAM's restored sinograms (the same freedom), are
-    tuned on the **validation split of the data being evaluated**, never its test split: for ``data_dir``
+    The classical settings (OSEM iterations × post-filter, BSREM-RDP β × γ), and the same
+    freedom after the learned methods (EM iterations × post-filter or BSREM-RDP of RED's and
+    DREAM's restored sinograms, MLEM iterations × post-filter after LegoPET's sample, a post-filter
+    of DDIP's and PET-DDS's image), are tuned on the **validation split of the data being evaluated**, never its test split: for ``data_dir``
     its ``validation`` subjects; for simulated held-out data, validation subjects simulated with
     the same settings (anatomy, geometry, size, counts, tracer) and seeds from
     :data:`~.data.VALIDATION_SEED`. ``tune_slices`` validation slices (default 8, evenly spread)
