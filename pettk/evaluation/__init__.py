@@ -24,14 +24,15 @@ Honest classical baselines (``tune``)
     The classical settings (OSEM iterations × post-filter, BSREM-RDP β × γ), and the same
     freedom after the learned methods (EM iterations × post-filter or BSREM-RDP of RED's and
     DREAM's restored sinograms, MLEM iterations × post-filter after LegoPET's sample, a post-filter
-    of DDIP's and PET-DDS's image), are tuned on the **validation split of the data being evaluated**, never its test split: for ``data_dir``
-    its ``validation`` subjects; for simulated held-out data, validation subjects simulated with
-    the same settings (anatomy, geometry, size, counts, tracer) and seeds from
-    :data:`~.data.VALIDATION_SEED`. ``tune_slices`` validation slices (default 8, evenly spread)
-    score every grid point by mean PSNR (:func:`tune_on_cases`, the grid search of
-    :func:`tune_classical`). ``tune=None`` (the default) tunes whenever a validation split exists;
-    ``tune=False`` uses the fixed :data:`~.methods.TUNED` constants (or ``settings``), which were
-    tuned once on v1 64 × 64 simulated subjects and are no fair baseline for other data.
+    of DDIP's and PET-DDS's image), are tuned on the **validation split of the data being
+    evaluated**, never its test split: for ``data_dir`` its ``validation`` subjects; for
+    simulated held-out data, validation subjects simulated with the same settings (anatomy,
+    geometry, size, counts, tracer) and seeds from :data:`~.data.VALIDATION_SEED`.
+    ``tune_slices`` validation slices (default 8, evenly spread) score every grid point by mean
+    PSNR (:func:`tune_on_cases`, the grid search of :func:`tune_classical`). ``tune=None`` (the
+    default) tunes whenever a validation split exists; ``tune=False`` uses the fixed
+    :data:`~.methods.TUNED` constants (or ``settings``), which were tuned once on v1 64 × 64
+    simulated subjects and are no fair baseline for other data.
 
 Outputs (:mod:`.report`), in ``out_dir``
     - ``metrics.md`` / ``metrics.csv``: mean ± std per method, DRF and tracer, with ``CR hot`` and

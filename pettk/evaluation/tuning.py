@@ -32,12 +32,12 @@ TUNABLE = ("osem", "bsrem-rdp", "red", "dream", "legopet", "ddip", "pet-dds")
 #: tuned like OSEM's on the raw data, and (``restorer_map``) BSREM-RDP's beta × gamma of the
 #: restored data like the raw data's: the same freedom as the classical baselines.
 RESTORERS = ("red", "dream")
-#: The learned methods tuned with their model (``tune_on_cases(models=...)``): the restorers, and
-#: LegoPET, whose sample gets MLEM iterations × post-filter (:data:`LEGOPET_EM_ITERATIONS` × the
-#: OSEM filter grid), the freedom of OSEM + filter.
-#: The image priors whose reconstruction gets a post-filter (the filter grid of OSEM, extended past a
-#: winning end; ``ClassicalSettings.ddip_post_filter_mm``, ``pet_dds_post_filter_mm``).
+#: The image priors whose reconstruction gets a post-filter (the filter grid of OSEM, widened past a
+#: winning widest value; ``ClassicalSettings.ddip_post_filter_mm``, ``pet_dds_post_filter_mm``).
 FILTERED_PRIORS = ("ddip", "pet-dds")
+#: The learned methods tuned with their model (``tune_on_cases(models=...)``): the restorers,
+#: LegoPET, whose sample gets MLEM iterations × post-filter (:data:`LEGOPET_EM_ITERATIONS` × the
+#: OSEM filter grid), the freedom of OSEM + filter, and :data:`FILTERED_PRIORS`.
 NEED_MODEL = RESTORERS + ("legopet",) + FILTERED_PRIORS
 #: MLEM iterations after a LegoPET sample that tuning tries first (0: the sample itself).
 LEGOPET_EM_ITERATIONS = (0, 1, 2, 4, 8)
