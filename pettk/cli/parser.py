@@ -168,7 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     rec.add_argument("--iterations", "-n", type=_positive_int, default=4, help="iterations/epochs (default 4)")
     rec.add_argument("--subsets", "-s", type=_positive_int, default=8, help="view subsets (default 8; mlem: 1)")
     rec.add_argument("--psf-mm", type=float, default=0.0, help="resolution model FWHM in mm (default none)")
-    rec.add_argument("--post-filter-mm", type=float, default=0.0, help="Gaussian post-filter FWHM in mm")
+    rec.add_argument("--post-filter-mm", type=float, default=0.0,
+                     help="Gaussian post-filter FWHM in mm (default 0: none; the learned models' cards give the "
+                          "value tuned on validation slices, e.g. pet-dds-mr 4 mm at DRF 20, 10 mm at DRF 100)")
     rec.add_argument("--prior", choices=("rdp", "quadratic", "tv"), default="rdp", help="MAP prior (default rdp)")
     rec.add_argument("--beta", type=float, default=1.0, help="prior strength (default 1)")
     rec.add_argument("--gamma", type=float, default=2.0, help="RDP edge parameter (default 2)")
