@@ -287,13 +287,10 @@ def _image_prior(prior, method: str) -> Callable[[Case, ClassicalSettings], torc
     use_mr = method in ("ddip", "pet-dds")  # an unconditional PET-DDS ignores mr
 
     def run(case: Case, s: ClassicalSettings) -> torch.Tensor:
-        x = torch.as_tensor(reconstruct_learned(method, prior, case.model_low, case.y_low,
-                                                mr=case.mr if use_mr else None))
-        if method == "legopet":
-            x = refined_sample(case, x, s.legopet_em_iterations, s.legopet_post_filter_mm)
-        else:
-            x = filtered(x, case.grid, getattr(s, filter_field(method)))
-        return x
+        post = ({"refine_iterations": s.legopet_em_iterations, "post_filter_mm": s.legopet_post_filter_mm}
+                if method == "legopet" else {"post_filter_mm": getattr(s, filter_field(method))})
+        return torch.as_tensor(reconstruct_learned(method, prior, case.model_low, case.y_low,
+                                                   mr=case.mr if use_mr else None, **post))
     return run
 
 

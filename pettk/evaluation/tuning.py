@@ -104,6 +104,16 @@ def _model_for(models: dict, method: str, drf: float):
     return model[drf] if isinstance(model, dict) else model
 
 
+def _mean_psnr(cases, images, fwhm_mm: float, bar) -> float:
+    """Mean PSNR of ``images`` post-filtered (FWHM in mm) against their ``cases``' truths; one
+    ``bar`` step per image."""
+    values = []
+    for c, x in zip(cases, images):
+        values.append(psnr(_image(filtered(x, c.grid, fwhm_mm)), c.truth.numpy()))
+        bar.update(1)
+    return float(np.mean(values))
+
+
 def _grow_filters(filters_mm: list, best: float) -> bool:
     """Widen the filter grid by its last step when ``best`` is its widest (non-zero) value."""
     if best == filters_mm[-1] and best > 0:
@@ -224,13 +234,12 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
         for method in (m for m in RESTORERS if m in methods):
             restored = [restore_planes(_model_for(models, method, drf), c.y_low, c.drf).clamp_min(0) for c in mine]
 
-            def restored_score(n, f, restored=restored, mine=mine, subsets=b.osem_subsets):
-                values = []
-                for c, y_hat in zip(mine, restored):
-                    x = filtered(osem(c.model, y_hat, n, subsets), c.grid, f)
-                    values.append(psnr(_image(x), c.truth.numpy()))
-                    bar.update(1)
-                return float(np.mean(values))
+            reconstructed: dict[int, list] = {}  # OSEM iterations -> images, each run once for every filter
+
+            def restored_score(n, f, restored=restored, mine=mine, subsets=b.osem_subsets, reconstructed=reconstructed):
+                if n not in reconstructed:
+                    reconstructed[n] = [osem(c.model, y_hat, n, subsets) for c, y_hat in zip(mine, restored)]
+                return _mean_psnr(mine, reconstructed[n], f, bar)
 
             scores = _tune_osem(restored_score, osem_iterations, post_filter_mm, extend)
             (n, f) = max(scores, key=scores.get)
@@ -268,11 +277,7 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
                     k = max(k for k in refined if k < n)
                     refined[n] = ([refined_sample(c, x, n, 0.0) for c, x in zip(mine, refined[0])] if k == 0 else
                                   [mlem(c.model_low, c.y_low, n - k, x0=x) for c, x in zip(mine, refined[k])])
-                values = []
-                for c, x in zip(mine, refined[n]):
-                    values.append(psnr(_image(filtered(x, c.grid, f)), c.truth.numpy()))
-                    bar.update(1)
-                return float(np.mean(values))
+                return _mean_psnr(mine, refined[n], f, bar)
 
             scores = _tune_osem(sample_score, LEGOPET_EM_ITERATIONS, post_filter_mm, extend)
             (n, f) = max(scores, key=scores.get)
@@ -285,14 +290,8 @@ def tune_on_cases(cases, *, methods=TUNABLE, osem_iterations=TUNE_GRID["osem_ite
                               dataclasses.replace(b, **{filter_field(method): 0.0}))
             images = [torch.as_tensor(run(c)) for c in mine]
 
-            def filter_score(f, mine=mine, images=images):
-                values = []
-                for c, x in zip(mine, images):
-                    values.append(psnr(_image(filtered(x, c.grid, f)), c.truth.numpy()))
-                    bar.update(1)
-                return float(np.mean(values))
-
-            scores = _tune_filter(filter_score, post_filter_mm, extend)
+            scores = _tune_filter(lambda f, mine=mine, images=images: _mean_psnr(mine, images, f, bar),
+                                  post_filter_mm, extend)
             f = max(scores, key=scores.get)
             out = dataclasses.replace(out, **{filter_field(method): f})
             rec[method] = {"best": {"post_filter_mm": f, "psnr": scores[f]},
